@@ -1,0 +1,151 @@
+"""The ``streamad`` command line: train, replay, run, evaluate, demo."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from streamad.cli import commands
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def _add_train(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "train",
+        help="train a windowed VAE on a data file and write a model bundle",
+        description="Train a windowed VAE on the start of each data file and write a model bundle directory.",
+    )
+    parser.add_argument("--data", required=True, nargs="+", help="data file(s): CSV, .npy or JSON lines")
+    parser.add_argument("--out", required=True, help="model bundle directory to write")
+    parser.add_argument("--window", type=int, default=32, help="window length L in time steps (default 32)")
+    parser.add_argument("--stride", type=int, default=1, help="steps between scored windows when streaming (default 1)")
+    parser.add_argument("--latent", type=int, default=4, help="latent dimension d (default 4)")
+    parser.add_argument("--architecture", choices=("dense", "conv"), default="dense", help="encoder/decoder type (default dense)")
+    parser.add_argument("--hidden", type=int, default=128, help="hidden width or number of filters (default 128)")
+    parser.add_argument("--layers", type=int, default=2, help="hidden layers in encoder and decoder (default 2)")
+    parser.add_argument("--noise", choices=("channel", "shared"), default="channel", help="noise variance per channel or shared (default channel)")
+    parser.add_argument("--epochs", type=int, default=100, help="maximum training epochs (default 100)")
+    parser.add_argument("--batch-size", type=int, default=64, help="windows per optimisation step (default 64)")
+    parser.add_argument("--learning-rate", type=float, default=1e-3, help="Adam step size (default 1e-3)")
+    parser.add_argument("--patience", type=int, default=10, help="epochs without validation improvement before stopping (default 10)")
+    parser.add_argument("--train-fraction", type=float, default=1.0, help="fraction of each file, from its start, used for training (default 1.0; NAB's probationary period is 0.15)")
+    parser.add_argument("--validation-fraction", type=float, default=0.2, help="fraction of the training span, from its end, held out for validation (default 0.2)")
+    parser.add_argument("--max-fill", type=int, default=3, help="longest NaN run that is forward-filled; longer gaps skip their windows (default 3)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument("--device", default="cpu", help="torch device for training (default cpu)")
+    parser.set_defaults(handler=commands.train)
+
+
+def _add_scoring_options(parser) -> None:
+    parser.add_argument("--score", default="likelihood", help="score: likelihood (default), reconstruction, elbo or importance")
+    parser.add_argument("--level", type=float, default=0.999, help="quantile level of the adaptive threshold (default 0.999)")
+    parser.add_argument("--warmup", type=int, default=0, help="scores per series that never alert (default 0)")
+    parser.add_argument("--resolve-after", type=int, default=3, help="non-alerting windows that resolve an incident (default 3)")
+
+
+def _add_replay(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "replay",
+        help="score a data file with a model bundle and write scores and alerts",
+        description="Replay data files through the streaming engine; write every window's score and the alert events.",
+    )
+    parser.add_argument("--model", required=True, help="model bundle directory")
+    parser.add_argument("--data", required=True, nargs="+", help="data file(s) to replay")
+    parser.add_argument("--scores", required=True, help="output CSV: timestamp, series, score, threshold, anomaly_probability, is_alert")
+    parser.add_argument("--alerts", required=True, help="output JSON lines of incident events (truncated first)")
+    parser.add_argument("--speed", type=float, default=None, help="replay this many times faster than real time (default: as fast as possible)")
+    _add_scoring_options(parser)
+    parser.set_defaults(handler=commands.replay)
+
+
+def _add_run(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "run",
+        help="consume a Kafka topic, score every window and emit alerts (the daemon)",
+        description=(
+            "Consume records from Kafka in a consumer group, score every window and deliver incident events. "
+            "Offsets are committed only after the events of a batch are delivered. Stops on SIGINT or SIGTERM "
+            "after finishing the batch and committing."
+        ),
+    )
+    parser.add_argument("--model", required=True, help="model bundle directory")
+    parser.add_argument("--bootstrap-servers", required=True, help="Kafka bootstrap servers, HOST:PORT[,HOST:PORT...]")
+    parser.add_argument("--topic", required=True, action="append", help="topic to consume (repeat for several)")
+    parser.add_argument("--group-id", required=True, help="Kafka consumer group id")
+    parser.add_argument("--alerts-topic", help="Kafka topic for incident events")
+    parser.add_argument("--alerts", help="JSON lines file for incident events (appended, fsynced per batch)")
+    parser.add_argument("--webhook", action="append", default=[], help="URL to POST each incident event to (repeatable)")
+    parser.add_argument("--webhook-timeout", type=float, default=5.0, help="seconds per webhook request (default 5)")
+    parser.add_argument("--dead-letter", help="JSON lines file for records that cannot be used")
+    parser.add_argument("--dead-letter-topic", help="Kafka topic for records that cannot be used")
+    parser.add_argument("--stdout", action="store_true", help="also print each incident event on standard output")
+    parser.add_argument("--max-poll-records", type=int, default=500, help="records per poll (default 500)")
+    parser.add_argument("--max-poll-interval-ms", type=int, default=30000, help="Kafka max.poll.interval.ms (default 30000)")
+    _add_scoring_options(parser)
+    parser.set_defaults(handler=commands.run)
+
+
+def _add_evaluate(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "evaluate",
+        help="score a labelled data file and print ROC-AUC, PR-AUC and event-level F1 per score",
+        description="Replay a labelled data file and print ROC-AUC, PR-AUC, best point-wise F1 and event-level precision, recall and F1 for each score.",
+    )
+    parser.add_argument("--model", required=True, help="model bundle directory")
+    parser.add_argument("--data", required=True, help="labelled data file")
+    parser.add_argument("--labels", required=True, help="NAB combined_windows.json or SMAP/MSL labeled_anomalies.csv")
+    parser.add_argument("--score", default="likelihood,reconstruction,elbo,importance", help="comma-separated score names (default: all four)")
+    parser.add_argument("--level", type=float, default=0.999, help="quantile level of the adaptive threshold (default 0.999)")
+    parser.add_argument("--skip-fraction", type=float, default=0.0, help="fraction of the file, from its start, left out of the metrics, e.g. 0.15 for NAB's probationary period (default 0)")
+    parser.add_argument("--json", dest="json_out", help="also write the metrics to this JSON file")
+    parser.set_defaults(handler=commands.evaluate)
+
+
+def _add_demo(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "demo",
+        help="train on river's water-flow series, stream the rest through Kafka and print alerts",
+        description=(
+            "Train on the first part of river's bundled water-flow series, start a local Tansu broker unless "
+            "--bootstrap-servers is given, produce the rest of the series to a topic, run the daemon on it and "
+            "print each alert as it is emitted."
+        ),
+    )
+    parser.add_argument("--bootstrap-servers", help="use this Kafka instead of starting a local Tansu broker")
+    parser.add_argument("--out", default=None, help="directory for the model bundle and outputs (default: a temporary directory)")
+    parser.add_argument("--train-fraction", type=float, default=0.55, help="fraction of the series used for training (default 0.55)")
+    parser.add_argument("--epochs", type=int, default=60, help="maximum training epochs (default 60)")
+    parser.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for the daemon to consume the topic (default 300)")
+    parser.set_defaults(handler=commands.demo)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="streamad",
+        description="Streaming anomaly detection for time series with a likelihood score from windowed VAEs.",
+    )
+    parser.add_argument("--log-level", default="INFO", help="logging level: DEBUG, INFO, WARNING or ERROR (default INFO)")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_train(subparsers)
+    _add_replay(subparsers)
+    _add_run(subparsers)
+    _add_evaluate(subparsers)
+    _add_demo(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format=LOG_FORMAT, stream=sys.stderr)
+    try:
+        return int(args.handler(args) or 0)
+    except commands.UsageError as error:
+        print(f"streamad {args.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

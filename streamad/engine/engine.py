@@ -1,0 +1,246 @@
+"""The streaming engine: records in, scored points and incident events out, no I/O."""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from streamad.bundle import ModelBundle
+from streamad.data import format_timestamp
+from streamad.engine.buffers import SeriesBuffers
+from streamad.engine.incidents import IncidentEvent, IncidentTracker
+from streamad.records import Record
+from streamad.scores import SCORE_NAMES, channel_contributions, score_windows
+from streamad.thresholds import AdaptiveThreshold, ScoreCalibrator
+
+logger = logging.getLogger(__name__)
+
+STOCHASTIC_SCORES = ("elbo", "importance")
+
+
+@dataclass
+class EngineConfig:
+    """Settings of :class:`StreamEngine`.
+
+    Attributes
+    ----------
+    score
+        Score name, one of ``streamad.scores.SCORE_NAMES``.
+    score_options
+        Keyword options of the score, e.g. ``{"samples": 64}`` for ``importance``.
+    threshold_level
+        Quantile level of the adaptive threshold.
+    warmup
+        Scores per series that never alert.
+    resolve_after
+        Consecutive non-alerting windows that resolve an incident.
+    update_every
+        Alerting windows between two ``update`` events of an open incident.
+    top_channels
+        Channels listed in an event, ranked by their share of the residual term.
+    has_clock
+        True when timestamps are epoch milliseconds; False for step indexes.
+    seed
+        Seed of the samples drawn by the ``elbo`` and ``importance`` scores.
+    """
+
+    score: str = "likelihood"
+    score_options: dict = field(default_factory=dict)
+    threshold_level: float = 0.999
+    warmup: int = 0
+    resolve_after: int = 3
+    update_every: int = 10
+    top_channels: int = 3
+    has_clock: bool = True
+    seed: int = 0
+
+
+@dataclass
+class ScoredPoint:
+    """The result for one window, attached to the timestamp of its last point."""
+
+    series: str
+    timestamp: int
+    score: float
+    threshold: float
+    anomaly_probability: float
+    is_alert: bool
+
+
+@dataclass
+class Rejection:
+    """A record the engine could not use: its position in the batch and the reason."""
+
+    index: int
+    reason: str
+    message: str
+
+
+@dataclass
+class EngineResult:
+    """What one call of :meth:`StreamEngine.process` produced."""
+
+    points: list[ScoredPoint]
+    events: list[dict]
+    rejected: list[Rejection]
+
+
+class StreamEngine:
+    """Score sliding windows of many series with one model, threshold them and track incidents.
+
+    Each call of :meth:`process` takes a batch of records in arrival order, appends every
+    record to its series' window buffer, scores all windows completed by the batch in one
+    forward pass, and then applies thresholds and incident grouping in record order.
+
+    Records whose timestamp does not increase within their series, or whose number of
+    values differs from the model's channels, are returned as rejections and change no
+    state.
+
+    Parameters
+    ----------
+    bundle
+        A loaded model bundle.
+    config
+        Engine settings; defaults score with ``likelihood`` at level 0.999.
+    """
+
+    def __init__(self, bundle: ModelBundle, config: EngineConfig | None = None) -> None:
+        self.bundle = bundle
+        self.config = config or EngineConfig()
+        if self.config.score not in SCORE_NAMES:
+            raise ValueError(f"score={self.config.score!r} is unknown; use one of {SCORE_NAMES}")
+        reference = bundle.validation_scores.get(self.config.score)
+        if reference is None or len(reference) == 0:
+            raise ValueError(
+                f"model bundle {bundle.path} has no validation scores for {self.config.score!r}; retrain it "
+                f"with this score or pick one of {sorted(bundle.validation_scores)}"
+            )
+
+        self.model = bundle.model.eval()
+        self.channel_names = bundle.channels
+        self.buffers = SeriesBuffers(bundle.window, len(self.channel_names), bundle.stride, bundle.max_fill)
+        self.threshold = AdaptiveThreshold(reference, level=self.config.threshold_level, warmup=self.config.warmup)
+        self.calibrator = ScoreCalibrator(reference)
+        self.incidents = IncidentTracker(bundle.version, self.config.resolve_after, self.config.update_every)
+        self.generator = torch.Generator().manual_seed(self.config.seed)
+        self.stats: Counter = Counter()
+
+    def process(self, records: Sequence[Record]) -> EngineResult:
+        """Feed a batch of records; return the scored points, incident events and rejections."""
+        rejected: list[Rejection] = []
+        window_slots: list[int] = []
+        window_records: list[int] = []
+        windows: list[np.ndarray] = []
+        channels = len(self.channel_names)
+
+        for index, record in enumerate(records):
+            values = np.asarray(record.values, dtype=np.float64)
+            if values.shape != (channels,):
+                rejected.append(
+                    Rejection(index, "wrong_channel_count", f"series {record.series!r}: got {values.size} values, the model expects {channels} ({', '.join(self.channel_names)})")
+                )
+                continue
+            slot = self.buffers.slot(record.series)
+            previous = self.buffers.last_timestamp[slot]
+            if record.timestamp <= previous:
+                reason = "duplicate_timestamp" if record.timestamp == previous else "timestamp_not_increasing"
+                rejected.append(
+                    Rejection(index, reason, f"series {record.series!r}: timestamp {record.timestamp} is not after the previous {previous}")
+                )
+                continue
+
+            self.stats["records"] += 1
+            scaled = self.bundle.scaler.transform(values[None, :])[0]
+            if not self.buffers.push(slot, record.timestamp, scaled):
+                continue
+            if not self.buffers.window_is_valid(slot):
+                self.stats["windows_skipped_gap"] += 1
+                continue
+            window_slots.append(slot)
+            window_records.append(index)
+            windows.append(self.buffers.window_of(slot))
+
+        for rejection in rejected:
+            self.stats[f"rejected_{rejection.reason}"] += 1
+        if not windows:
+            return EngineResult([], [], rejected)
+
+        batch = torch.from_numpy(np.stack(windows))
+        scores = self._score(batch)
+        probabilities = self.calibrator.probability(scores)
+        self.stats["windows_scored"] += len(scores)
+
+        points: list[ScoredPoint] = []
+        incident_events: list[tuple[IncidentEvent, int]] = []
+        for position, (slot, record_index) in enumerate(zip(window_slots, window_records)):
+            record = records[record_index]
+            score = float(scores[position])
+            is_alert, threshold = self.threshold.update(record.series, score)
+            probability = float(probabilities[position])
+            points.append(ScoredPoint(record.series, record.timestamp, score, threshold, probability, is_alert))
+            event = self.incidents.observe(slot, record.series, record.timestamp, score, threshold, probability, is_alert)
+            if event is not None:
+                incident_events.append((event, position))
+
+        events = self._event_dicts(incident_events, batch)
+        self.stats["alerts"] += sum(point.is_alert for point in points)
+        return EngineResult(points, events, rejected)
+
+    def _score(self, batch: torch.Tensor) -> np.ndarray:
+        options = dict(self.config.score_options)
+        if self.config.score in STOCHASTIC_SCORES:
+            options.setdefault("generator", self.generator)
+        return score_windows(self.model, batch, self.config.score, **options).cpu().numpy()
+
+    def _event_dicts(self, incident_events: list[tuple[IncidentEvent, int]], batch: torch.Tensor) -> list[dict]:
+        if not incident_events:
+            return []
+        positions = [position for event, position in incident_events if event.status != "resolved"]
+        attribution: dict[int, list[dict]] = {}
+        if positions and self.config.top_channels > 0:
+            attribution = self._attribute(batch[positions], positions)
+        return [self._event_dict(event, attribution.get(position, [])) for event, position in incident_events]
+
+    def _attribute(self, windows: torch.Tensor, positions: list[int]) -> dict[int, list[dict]]:
+        """Rank channels by the whitened squared residual, ½ Σ_t (x − f(z*))²/σ², of each window."""
+        contributions = channel_contributions(self.model, windows).cpu().numpy()
+        noise_var = self.model.noise_var().detach().double().cpu().numpy()
+        constant = 0.5 * self.bundle.window * np.log(2.0 * np.pi * noise_var)
+        residual = contributions - constant
+        ranked = {}
+        for row, position in enumerate(positions):
+            total = residual[row].sum()
+            order = np.argsort(-residual[row])[: self.config.top_channels]
+            ranked[position] = [
+                {
+                    "channel": self.channel_names[channel],
+                    "nats": round(float(residual[row, channel]), 4),
+                    "share": round(float(residual[row, channel] / total), 4) if total > 0 else None,
+                }
+                for channel in order
+            ]
+        return ranked
+
+    def _event_dict(self, event: IncidentEvent, channels: list[dict]) -> dict:
+        has_clock = self.config.has_clock
+        return {
+            "alert_id": event.alert_id,
+            "sequence": event.sequence,
+            "status": event.status,
+            "series": event.series,
+            "start": format_timestamp(event.start, has_clock),
+            "end": None if event.end is None else format_timestamp(event.end, has_clock),
+            "timestamp": format_timestamp(event.timestamp, has_clock),
+            "score": round(event.score, 6),
+            "peak_score": round(event.peak_score, 6),
+            "threshold": round(event.threshold, 6),
+            "anomaly_probability": round(event.anomaly_probability, 6),
+            "score_name": self.config.score,
+            "model_version": self.bundle.version,
+            "channels": channels,
+        }

@@ -1,0 +1,152 @@
+"""Group consecutive alerting points of a series into incidents with stable ids."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+
+from streamad.engine.buffers import NO_TIMESTAMP
+
+
+def alert_id_for(series: str, start: int, model_version: str) -> str:
+    """Return the incident id: the first 16 hex digits of SHA-256 of (series, start, model version).
+
+    The id is a pure function of its inputs, so re-processing the same data with the same
+    model after a crash or a replay yields the same ids, and consumers can deduplicate.
+    """
+    key = f"{series}\x1f{start}\x1f{model_version}".encode()
+    return hashlib.sha256(key).hexdigest()[:16]
+
+
+@dataclass
+class IncidentEvent:
+    """One lifecycle event of an incident: ``firing``, ``update`` or ``resolved``."""
+
+    alert_id: str
+    sequence: int
+    status: str
+    series: str
+    start: int
+    end: int | None
+    timestamp: int
+    score: float
+    peak_score: float
+    threshold: float
+    anomaly_probability: float
+    slot: int
+
+
+class IncidentTracker:
+    """Open, update and resolve incidents from the per-point alert decisions.
+
+    An incident opens at a series' first alerting point (``firing``). While it is open, an
+    ``update`` is emitted after every ``update_every`` further alerting points whose peak
+    score has risen since the last event. It resolves after ``resolve_after`` consecutive
+    non-alerting points; its ``end`` is the last alerting point. State is kept in arrays
+    indexed by the series' buffer row.
+
+    Parameters
+    ----------
+    model_version
+        Version of the bundle that scores the data; part of every ``alert_id``.
+    resolve_after
+        Consecutive non-alerting scored windows that close an incident (hysteresis).
+    update_every
+        Alerting windows between two ``update`` events of one incident.
+    """
+
+    def __init__(self, model_version: str, resolve_after: int = 3, update_every: int = 10, capacity: int = 16) -> None:
+        if resolve_after < 1 or update_every < 1:
+            raise ValueError(
+                f"resolve_after={resolve_after!r} and update_every={update_every!r} are invalid; use counts >= 1"
+            )
+        self.model_version = model_version
+        self.resolve_after = resolve_after
+        self.update_every = update_every
+        self._allocate(capacity)
+        self.alert_ids: dict[int, str] = {}
+
+    def _allocate(self, capacity: int) -> None:
+        self.start = np.full(capacity, NO_TIMESTAMP, dtype=np.int64)
+        self.last_alert = np.full(capacity, NO_TIMESTAMP, dtype=np.int64)
+        self.peak = np.full(capacity, -np.inf)
+        self.reported_peak = np.full(capacity, -np.inf)
+        self.sequence = np.zeros(capacity, dtype=np.int64)
+        self.quiet = np.zeros(capacity, dtype=np.int64)
+        self.alerts_since_event = np.zeros(capacity, dtype=np.int64)
+
+    def _ensure(self, slot: int) -> None:
+        capacity = len(self.start)
+        if slot < capacity:
+            return
+        old = (self.start, self.last_alert, self.peak, self.reported_peak, self.sequence, self.quiet, self.alerts_since_event)
+        self._allocate(max(2 * capacity, slot + 1))
+        new = (self.start, self.last_alert, self.peak, self.reported_peak, self.sequence, self.quiet, self.alerts_since_event)
+        for target, source in zip(new, old):
+            target[:capacity] = source
+
+    def is_open(self, slot: int) -> bool:
+        return slot < len(self.start) and self.start[slot] != NO_TIMESTAMP
+
+    def observe(
+        self,
+        slot: int,
+        series: str,
+        timestamp: int,
+        score: float,
+        threshold: float,
+        probability: float,
+        is_alert: bool,
+    ) -> IncidentEvent | None:
+        """Feed one scored point of a series; return the event it causes, if any."""
+        self._ensure(slot)
+        if is_alert:
+            self.quiet[slot] = 0
+            self.last_alert[slot] = timestamp
+            if self.start[slot] == NO_TIMESTAMP:
+                self.start[slot] = timestamp
+                self.peak[slot] = score
+                self.reported_peak[slot] = score
+                self.sequence[slot] = 1
+                self.alerts_since_event[slot] = 0
+                self.alert_ids[slot] = alert_id_for(series, timestamp, self.model_version)
+                return self._event(slot, series, "firing", timestamp, score, threshold, probability, end=None)
+
+            self.peak[slot] = max(self.peak[slot], score)
+            self.alerts_since_event[slot] += 1
+            if self.alerts_since_event[slot] >= self.update_every and self.peak[slot] > self.reported_peak[slot]:
+                self.sequence[slot] += 1
+                self.alerts_since_event[slot] = 0
+                self.reported_peak[slot] = self.peak[slot]
+                return self._event(slot, series, "update", timestamp, score, threshold, probability, end=None)
+            return None
+
+        if self.start[slot] == NO_TIMESTAMP:
+            return None
+        self.quiet[slot] += 1
+        if self.quiet[slot] < self.resolve_after:
+            return None
+        self.sequence[slot] += 1
+        event = self._event(slot, series, "resolved", timestamp, score, threshold, probability, end=int(self.last_alert[slot]))
+        self.start[slot] = NO_TIMESTAMP
+        self.peak[slot] = -np.inf
+        del self.alert_ids[slot]
+        return event
+
+    def _event(self, slot, series, status, timestamp, score, threshold, probability, end) -> IncidentEvent:
+        return IncidentEvent(
+            alert_id=self.alert_ids[slot],
+            sequence=int(self.sequence[slot]),
+            status=status,
+            series=series,
+            start=int(self.start[slot]),
+            end=end,
+            timestamp=int(timestamp),
+            score=float(score),
+            peak_score=float(self.peak[slot]),
+            threshold=float(threshold),
+            anomaly_probability=float(probability),
+            slot=slot,
+        )

@@ -1,0 +1,72 @@
+"""Adaptive threshold and score calibration."""
+
+import numpy as np
+import pytest
+
+from streamad.thresholds import AdaptiveThreshold, ScoreCalibrator
+
+
+def test_threshold_seeded_from_reference():
+    reference = np.random.default_rng(0).normal(size=2000)
+    threshold = AdaptiveThreshold(reference, level=0.99)
+    expected = np.quantile(reference, 0.99)
+    assert threshold.current("new-series") == pytest.approx(expected, abs=0.15)
+
+
+def test_threshold_alerts_on_first_window():
+    threshold = AdaptiveThreshold(np.linspace(0.0, 1.0, 500), level=0.99)
+    is_alert, value = threshold.update("pump-1", 5.0)
+    assert is_alert
+    assert value < 1.01
+
+
+def test_threshold_warmup_suppresses_alerts():
+    threshold = AdaptiveThreshold(np.linspace(0.0, 1.0, 500), level=0.99, warmup=2)
+    decisions = [threshold.update("pump-1", 5.0)[0] for _ in range(3)]
+    assert decisions == [False, False, True]
+
+
+def test_threshold_adapts_per_series():
+    rng = np.random.default_rng(1)
+    threshold = AdaptiveThreshold(rng.normal(size=500), level=0.95)
+    for score in rng.normal(loc=10.0, size=3000):
+        threshold.update("shifted", float(score))
+    assert threshold.current("shifted") > 9.0
+    assert threshold.current("other") < 3.0
+
+
+def test_threshold_ignores_nan_score():
+    threshold = AdaptiveThreshold(np.linspace(0.0, 1.0, 100), level=0.9)
+    before = threshold.current("s")
+    assert threshold.update("s", float("nan")) == (False, before)
+    assert threshold.current("s") == before
+
+
+@pytest.mark.parametrize("level", [0.0, 1.0, 1.5, -0.1])
+def test_threshold_rejects_invalid_level(level):
+    with pytest.raises(ValueError, match=str(level)):
+        AdaptiveThreshold([1.0, 2.0], level=level)
+
+
+def test_threshold_rejects_empty_reference():
+    with pytest.raises(ValueError, match="retrain"):
+        AdaptiveThreshold([float("nan")])
+
+
+def test_calibrator_is_empirical_cdf():
+    calibrator = ScoreCalibrator(np.arange(1.0, 100.0))
+    probabilities = calibrator.probability([0.0, 50.0, 99.0])
+    assert probabilities[0] == 0.0
+    assert probabilities[1] == pytest.approx(50 / 100)
+    assert probabilities[2] == pytest.approx(99 / 100)
+
+
+def test_calibrator_orders_scores_above_reference():
+    calibrator = ScoreCalibrator(np.arange(100.0))
+    probabilities = calibrator.probability([100.0, 150.0, 1000.0])
+    assert np.all(np.diff(probabilities) > 0)
+    assert np.all((probabilities > 0.99) & (probabilities <= 1.0))
+
+
+def test_calibrator_keeps_nan():
+    assert np.isnan(ScoreCalibrator([1.0, 2.0]).probability([np.nan])[0])
