@@ -1,0 +1,495 @@
+"""Loaders that read a time series file into a :class:`~streamad.data.series.Series`.
+
+Supported formats, chosen by the file extension and, for other extensions, by the content:
+
+- CSV (``.csv``, also compressed as ``.csv.gz`` and the like): a timestamp column and numeric
+  channel columns, such as NAB's ``timestamp,value`` files. Without a timestamp column the
+  rows are indexed by step.
+- NumPy ``.npy`` arrays of shape ``(time, channels)``, such as the SMAP/MSL telemetry. They
+  have no clock, and their channels are named ``"0"``, ``"1"``, ...
+- JSON lines (``.jsonl``, ``.ndjson``, ``.json``): one object per line,
+  ``{"series": "id", "timestamp": "2013-12-02T21:15:00Z", "values": [1.0, 2.0]}`` or with
+  ``"value": 1.0``. ``"series"`` is optional and defaults to the file stem. The timestamp is
+  an ISO-8601 string or epoch milliseconds.
+
+Timestamps must be strictly increasing within a series. The loaders never sort, because
+sorting could interleave two recordings of the same period. By default they raise ValueError
+naming the first row that is out of order. With ``out_of_order="drop"`` they keep the file
+order and drop each row whose timestamp is not after every earlier row, which is what a
+streaming consumer does with a late or repeated record. Six of NAB's files contain such rows,
+among them ``realKnownCause/machine_temperature_system_failure.csv``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from streamad.data.series import Series, format_timestamp, parse_timestamp
+
+logger = logging.getLogger(__name__)
+
+TIMESTAMP_COLUMN_NAMES = ("timestamp", "time", "date", "datetime")
+
+_JSON_LINES_SUFFIXES = (".jsonl", ".ndjson", ".json")
+_NPY_MAGIC = b"\x93NUMPY"
+
+OUT_OF_ORDER_POLICIES = ("raise", "drop")
+
+
+def load_series(
+    path: str | Path,
+    *,
+    timestamp_column: str | None = None,
+    channels: list[str] | None = None,
+    series_id: str | None = None,
+    out_of_order: str = "raise",
+) -> Series:
+    """Load one time series from a CSV, ``.npy`` or JSON lines file.
+
+    Parameters
+    ----------
+    path
+        The file to read. The module docstring lists the formats.
+    timestamp_column
+        CSV only: the name of the timestamp column. By default the column named
+        ``timestamp``, ``time``, ``date`` or ``datetime`` (in any case) is used, and a CSV
+        file without such a column is indexed by step (``has_clock`` is False). Numeric
+        timestamps are read as epoch milliseconds.
+    channels
+        The channels to keep, in this order. For a CSV file these are column names, and
+        columns that are not selected may be non-numeric. For ``.npy`` and JSON lines files
+        with a ``"values"`` list they are the column positions as strings (``"0"``, ``"1"``).
+    series_id
+        The id of the result. Defaults to the file stem, or to the ``"series"`` field of a
+        JSON lines file.
+    out_of_order
+        ``"raise"`` to reject a row whose timestamp is not after the previous row's, or
+        ``"drop"`` to skip every such row with a logged warning.
+
+    Raises
+    ------
+    ValueError
+        When the file is malformed, a requested column is missing, a channel is not numeric,
+        the timestamps are not strictly increasing (with ``out_of_order="raise"``), or a
+        JSON lines file contains more than
+        one series (use :func:`load_series_collection` for those). The message names the
+        file, the row or line and the value.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> folder = Path(tempfile.mkdtemp())
+    >>> _ = (folder / "cpu.csv").write_text("timestamp,value\\n2024-01-01 00:00:00,1.5\\n2024-01-01 00:05:00,\\n")
+    >>> series = load_series(folder / "cpu.csv")
+    >>> series.series_id, series.channels, series.has_clock
+    ('cpu', ['value'], True)
+    >>> series.values[:, 0].tolist()
+    [1.5, nan]
+    """
+    path = Path(path)
+    _check_out_of_order_policy(out_of_order)
+    kind = _detect_format(path)
+
+    if kind != "csv" and timestamp_column is not None:
+        raise ValueError(
+            f"{path}: timestamp_column={timestamp_column!r} applies only to CSV files, "
+            f"but this is a {kind} file; leave timestamp_column unset"
+        )
+
+    if kind == "csv":
+        series = _load_csv(path, timestamp_column, channels, out_of_order)
+    elif kind == "npy":
+        series = _load_npy(path, channels)
+    else:
+        collection = _load_json_lines(path, channels, out_of_order)
+        if len(collection) > 1:
+            ids = ", ".join(repr(item.series_id) for item in collection[:5])
+            raise ValueError(
+                f"{path} contains {len(collection)} series ({ids}{', ...' if len(collection) > 5 else ''}), "
+                "but load_series reads a single series; call load_series_collection(path) instead"
+            )
+        series = collection[0]
+
+    if series_id is not None:
+        series.series_id = str(series_id)
+    logger.debug(
+        "loaded series %s from %s: %d points, channels %s", series.series_id, path, len(series), series.channels
+    )
+    return series
+
+
+def load_series_collection(
+    path: str | Path, *, channels: list[str] | None = None, out_of_order: str = "raise"
+) -> list[Series]:
+    """Load every series in a file, in order of first appearance.
+
+    A JSON lines file may interleave records of several series, identified by their
+    ``"series"`` field. CSV and ``.npy`` files contain one series, which is returned as a
+    one-element list. ``channels`` and ``out_of_order`` work as in :func:`load_series`, and
+    the order of timestamps is checked within each series.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> path = Path(tempfile.mkdtemp()) / "hosts.jsonl"
+    >>> _ = path.write_text(
+    ...     '{"series": "a", "timestamp": "2024-01-01T00:00:00Z", "value": 1.0}\\n'
+    ...     '{"series": "b", "timestamp": 1704067200000, "value": 7.0}\\n'
+    ...     '{"series": "a", "timestamp": "2024-01-01T00:01:00Z", "value": 2.0}\\n'
+    ... )
+    >>> [(item.series_id, len(item)) for item in load_series_collection(path)]
+    [('a', 2), ('b', 1)]
+    """
+    path = Path(path)
+    _check_out_of_order_policy(out_of_order)
+    if _detect_format(path) == "jsonl":
+        return _load_json_lines(path, channels, out_of_order)
+    return [load_series(path, channels=channels, out_of_order=out_of_order)]
+
+
+def _detect_format(path: Path) -> str:
+    suffixes = [suffix.lower() for suffix in path.suffixes]
+    if suffixes and suffixes[-1] == ".npy":
+        return "npy"
+    if suffixes and suffixes[-1] in _JSON_LINES_SUFFIXES:
+        return "jsonl"
+    if ".csv" in suffixes:
+        return "csv"
+
+    # Any other extension: look at the first bytes.
+    with open(path, "rb") as handle:
+        head = handle.read(4096)
+    if head.startswith(_NPY_MAGIC):
+        return "npy"
+    if head.lstrip().startswith(b"{"):
+        return "jsonl"
+    return "csv"
+
+
+# CSV ---------------------------------------------------------------------------------------
+
+
+def _load_csv(
+    path: Path, timestamp_column: str | None, channels: Sequence[str] | None, out_of_order: str
+) -> Series:
+    try:
+        frame = pd.read_csv(path, skipinitialspace=True)
+    except pd.errors.EmptyDataError:
+        raise ValueError(f"{path} is empty; a CSV file needs a header row and at least one data row") from None
+    except pd.errors.ParserError as error:
+        raise ValueError(f"{path} is not a valid CSV file: {error}") from None
+
+    frame.columns = [str(name).strip() for name in frame.columns]
+    if frame.empty:
+        raise ValueError(f"{path} has a header but no data rows")
+
+    time_name = _find_timestamp_column(path, list(frame.columns), timestamp_column)
+    candidates = [name for name in frame.columns if name != time_name]
+    if channels is None:
+        selected = candidates
+    else:
+        selected = _check_requested_channels(path, channels, candidates)
+    if not selected:
+        raise ValueError(f"{path} has no channel columns besides the timestamp column {time_name!r}")
+
+    values = np.empty((len(frame), len(selected)), dtype=np.float64)
+    for position, name in enumerate(selected):
+        values[:, position] = _numeric_column(path, frame[name], name, explicit=channels is not None)
+
+    if time_name is None:
+        logger.info("%s has no timestamp column; indexing its %d rows by step", path, len(frame))
+        timestamps = np.arange(len(frame), dtype=np.int64)
+    else:
+        timestamps = _parse_timestamp_column(path, frame[time_name], time_name)
+        keep = _ordered_rows(path, timestamps, lambda row: f"data row {row + 1}", out_of_order)
+        timestamps = timestamps[keep]
+        values = values[keep]
+
+    return Series(path.stem, timestamps, values, list(selected), has_clock=time_name is not None)
+
+
+def _find_timestamp_column(path: Path, columns: list[str], requested: str | None) -> str | None:
+    if requested is not None:
+        if requested not in columns:
+            raise ValueError(
+                f"{path} has no column {requested!r} for timestamp_column; its columns are {columns}"
+            )
+        return requested
+
+    matches = [name for name in columns if name.lower() in TIMESTAMP_COLUMN_NAMES]
+    if len(matches) > 1:
+        raise ValueError(
+            f"{path} has several timestamp-like columns {matches}; pick one with timestamp_column=..."
+        )
+    return matches[0] if matches else None
+
+
+def _numeric_column(path: Path, column: pd.Series, name: str, explicit: bool) -> np.ndarray:
+    if pd.api.types.is_bool_dtype(column) or pd.api.types.is_numeric_dtype(column):
+        return column.to_numpy(dtype=np.float64, na_value=np.nan)
+
+    converted = pd.to_numeric(column, errors="coerce")
+    invalid = converted.isna() & column.notna()
+    if invalid.any():
+        row = int(np.flatnonzero(invalid.to_numpy())[0])
+        if explicit:
+            fix = "select only numeric columns in channels=[...] or fix the value"
+        else:
+            fix = "pass channels=[...] to select the numeric columns"
+        raise ValueError(
+            f"{path}: column {name!r} is not numeric (data row {row + 1} contains {column.iloc[row]!r}); {fix}"
+        )
+    return converted.to_numpy(dtype=np.float64, na_value=np.nan)
+
+
+def _parse_timestamp_column(path: Path, column: pd.Series, name: str) -> np.ndarray:
+    missing = column.isna().to_numpy()
+    if missing.any():
+        row = int(np.flatnonzero(missing)[0])
+        raise ValueError(f"{path}: data row {row + 1} has no value in the timestamp column {name!r}; fill it or drop the row")
+
+    if pd.api.types.is_bool_dtype(column):
+        raise ValueError(f"{path}: timestamp column {name!r} contains booleans; give ISO-8601 strings or epoch milliseconds")
+    if pd.api.types.is_integer_dtype(column):
+        return column.to_numpy(dtype=np.int64)
+    if pd.api.types.is_float_dtype(column):
+        return np.rint(column.to_numpy(dtype=np.float64)).astype(np.int64)
+
+    # Fast path for ISO-8601 text. pandas' parser rejects some strings that
+    # datetime.fromisoformat accepts, so a failure falls back to parsing row by row.
+    try:
+        parsed = pd.to_datetime(column, format="ISO8601", utc=True)
+    except (ValueError, TypeError, OverflowError):
+        parsed = None
+    if parsed is not None:
+        naive_utc = parsed.dt.tz_localize(None).to_numpy()
+        return naive_utc.astype("datetime64[ms]").astype(np.int64)
+
+    timestamps = np.empty(len(column), dtype=np.int64)
+    for row, value in enumerate(column.tolist()):
+        try:
+            timestamps[row] = parse_timestamp(value)
+        except ValueError as error:
+            raise ValueError(f"{path}: data row {row + 1}, column {name!r}: {error}") from None
+    return timestamps
+
+
+# NumPy -------------------------------------------------------------------------------------
+
+
+def _load_npy(path: Path, channels: Sequence[str] | None) -> Series:
+    try:
+        array = np.load(path, allow_pickle=False)
+    except ValueError as error:
+        raise ValueError(f"{path} is not a plain numeric .npy array ({error}); save it with numpy.save") from None
+
+    if array.ndim == 1:
+        array = array.reshape(-1, 1)
+    if array.ndim != 2:
+        raise ValueError(f"{path} has shape {array.shape}; a .npy series must have shape (time,) or (time, channels)")
+    if array.dtype.kind not in "biuf":
+        raise ValueError(f"{path} has dtype {array.dtype}; a .npy series must contain real numbers")
+    if array.shape[0] == 0 or array.shape[1] == 0:
+        raise ValueError(f"{path} has shape {array.shape}; it needs at least one time step and one channel")
+
+    values = array.astype(np.float64)
+    names = [str(index) for index in range(values.shape[1])]
+    values, names = _select_channels(path, values, names, channels)
+    timestamps = np.arange(len(values), dtype=np.int64)
+    return Series(path.stem, timestamps, values, names, has_clock=False)
+
+
+# JSON lines --------------------------------------------------------------------------------
+
+
+class _SeriesRecords:
+    """Rows of one series in a JSON lines file, collected before conversion to arrays."""
+
+    def __init__(self, series_id: str, field: str, width: int, line: int) -> None:
+        self.series_id = series_id
+        self.field = field
+        self.width = width
+        self.first_line = line
+        self.timestamps: list[int] = []
+        self.rows: list[list[float]] = []
+        self.lines: list[int] = []
+
+
+def _load_json_lines(path: Path, channels: Sequence[str] | None, out_of_order: str) -> list[Series]:
+    collected: dict[str, _SeriesRecords] = {}
+
+    with open(path, encoding="utf-8") as handle:
+        for line_number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            where = f"{path}, line {line_number}"
+            record = _parse_json_record(where, line)
+
+            series_id = record.get("series", path.stem)
+            if not isinstance(series_id, str):
+                raise ValueError(f'{where}: "series" must be a string, got {series_id!r}')
+
+            if "timestamp" not in record:
+                raise ValueError(f'{where}: the record has no "timestamp"; add an ISO-8601 string or epoch milliseconds')
+            try:
+                timestamp = parse_timestamp(record["timestamp"])
+            except ValueError as error:
+                raise ValueError(f"{where}: {error}") from None
+
+            field, row = _record_values(where, record)
+            records = collected.get(series_id)
+            if records is None:
+                records = _SeriesRecords(series_id, field, len(row), line_number)
+                collected[series_id] = records
+            elif field != records.field or len(row) != records.width:
+                raise ValueError(
+                    f"{where}: series {series_id!r} has {len(row)} value(s) in {field!r} here but "
+                    f"{records.width} in {records.field!r} on line {records.first_line}; "
+                    "every record of a series needs the same channels"
+                )
+            records.timestamps.append(timestamp)
+            records.rows.append(row)
+            records.lines.append(line_number)
+
+    if not collected:
+        raise ValueError(f"{path} contains no records; a JSON lines file needs one JSON object per line")
+
+    result = []
+    for records in collected.values():
+        timestamps = np.asarray(records.timestamps, dtype=np.int64)
+        lines = records.lines
+        keep = _ordered_rows(
+            path, timestamps, lambda row: f"line {lines[row]}", out_of_order, series_id=records.series_id
+        )
+        timestamps = timestamps[keep]
+        values = np.asarray(records.rows, dtype=np.float64)[keep]
+        if records.field == "value":
+            names = ["value"]
+        else:
+            names = [str(index) for index in range(records.width)]
+        values, names = _select_channels(path, values, names, channels)
+        result.append(Series(records.series_id, timestamps, values, names, has_clock=True))
+    return result
+
+
+def _parse_json_record(where: str, line: str) -> dict:
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as error:
+        raise ValueError(
+            f"{where} is not valid JSON ({error.msg}); a JSON lines file needs one complete object per line"
+        ) from None
+    if not isinstance(record, dict):
+        raise ValueError(f"{where} contains a JSON {type(record).__name__}, but each line must be an object")
+    return record
+
+
+def _record_values(where: str, record: dict) -> tuple[str, list[float]]:
+    has_list = "values" in record
+    has_scalar = "value" in record
+    if has_list == has_scalar:
+        raise ValueError(
+            f'{where}: the record needs exactly one of "values" (a list of numbers) and "value" (a number)'
+        )
+
+    if has_scalar:
+        return "value", [_json_number(where, "value", record["value"])]
+
+    items = record["values"]
+    if not isinstance(items, list) or not items:
+        raise ValueError(f'{where}: "values" must be a non-empty list of numbers, got {items!r}')
+    return "values", [_json_number(where, "values", item) for item in items]
+
+
+def _json_number(where: str, field: str, item: object) -> float:
+    if item is None:
+        return math.nan
+    if isinstance(item, bool) or not isinstance(item, (int, float)):
+        raise ValueError(f'{where}: {field!r} contains {item!r}, which is not a number; use a number or null for a missing value')
+    return float(item)
+
+
+# Shared checks -----------------------------------------------------------------------------
+
+
+def _check_requested_channels(path: Path, requested: Sequence[str], available: list[str]) -> list[str]:
+    if isinstance(requested, str):
+        raise ValueError(f"channels must be a list of names, got the string {requested!r}; use channels=[{requested!r}]")
+    names = [str(name) for name in requested]
+    if not names:
+        raise ValueError(f"{path}: channels=[] selects nothing; leave channels unset to load every channel")
+    if len(set(names)) != len(names):
+        raise ValueError(f"{path}: channels={names} names a channel twice")
+    missing = [name for name in names if name not in available]
+    if missing:
+        raise ValueError(f"{path} has no channel(s) {missing}; the available channels are {available}")
+    return names
+
+
+def _select_channels(
+    path: Path, values: np.ndarray, names: list[str], requested: Sequence[str] | None
+) -> tuple[np.ndarray, list[str]]:
+    if requested is None:
+        return values, names
+    selected = _check_requested_channels(path, requested, names)
+    positions = [names.index(name) for name in selected]
+    return values[:, positions], selected
+
+
+def _check_out_of_order_policy(out_of_order: str) -> None:
+    if out_of_order not in OUT_OF_ORDER_POLICIES:
+        raise ValueError(f"out_of_order={out_of_order!r} is invalid; use one of {OUT_OF_ORDER_POLICIES}")
+
+
+def _ordered_rows(
+    path: Path,
+    timestamps: np.ndarray,
+    describe_row: Callable[[int], str],
+    out_of_order: str,
+    *,
+    series_id: str | None = None,
+) -> np.ndarray:
+    """Return a mask of the rows to keep, or raise on the first row out of order.
+
+    A row is out of order when its timestamp is not greater than every earlier timestamp.
+    The kept rows are exactly the rows that set a new maximum.
+    """
+    if len(timestamps) == 0:
+        return np.ones(0, dtype=bool)
+    latest_before = np.maximum.accumulate(timestamps)[:-1]
+    keep = np.concatenate(([True], timestamps[1:] > latest_before))
+    if keep.all():
+        return keep
+
+    row = int(np.flatnonzero(~keep)[0])
+    subject = f"{path}" if series_id is None else f"{path}, series {series_id!r}"
+    if out_of_order == "drop":
+        logger.warning(
+            "%s: dropped %d row(s) whose timestamp is not after every earlier row, the first at %s",
+            subject,
+            int(np.count_nonzero(~keep)),
+            describe_row(row),
+        )
+        return keep
+
+    current = format_timestamp(int(timestamps[row]), True)
+    previous = format_timestamp(int(timestamps[row - 1]), True)
+    if timestamps[row] == timestamps[row - 1]:
+        raise ValueError(
+            f"{subject}: {describe_row(row)} repeats the timestamp {current} of {describe_row(row - 1)}; "
+            "remove or merge the duplicate rows, or pass out_of_order='drop' to keep the first"
+        )
+    raise ValueError(
+        f"{subject}: timestamps must be strictly increasing, but {describe_row(row)} ({current}) "
+        f"is not after {describe_row(row - 1)} ({previous}); sort the file by timestamp, "
+        "or pass out_of_order='drop' to skip the rows that are out of order"
+    )
