@@ -62,6 +62,7 @@ REASONS = frozenset(
         "empty_values",  # values is an empty list
         "non_finite",  # a value is NaN, infinite or too large for float64
         "too_large",  # the payload exceeds max_bytes
+        "decoder_error",  # the decoder raised an unexpected exception (a bug), set by callers that catch it
     }
 )
 
@@ -161,6 +162,11 @@ def decode_record(payload: bytes | str | Mapping[str, Any], *, max_bytes: int = 
             "encode the JSON text as UTF-8.",
         ) from None
 
+    if not text.strip():
+        raise InvalidRecord(
+            "invalid_json",
+            "The payload is empty (a Kafka tombstone has no value); send one JSON object per message.",
+        )
     obj = _parse_json(text)
     if not isinstance(obj, dict):
         raise InvalidRecord(

@@ -118,7 +118,8 @@ REJECTED = [
     # (payload, reason, words the message must contain)
     (b"\xff\xfe{}", "invalid_utf8", "UTF-8"),
     (b'{"series": "s", "timestamp": 0, "value": 1', "invalid_json", "not valid JSON"),
-    (b"", "invalid_json", "not valid JSON"),
+    (b"", "invalid_json", "empty"),
+    (b" \n", "invalid_json", "empty"),
     (b"[" * 100_000, "invalid_json", "nested too deeply"),
     (b'{"series": "s", "timestamp": 0, "value": ' + b"9" * 5000 + b"}", "invalid_json", "4300"),
     (b"[1, 2]", "not_object", "array"),
