@@ -1,0 +1,710 @@
+"""Kafka source and sinks built on kafka-python.
+
+:class:`KafkaSource` reads records in a consumer group and commits offsets only when the
+caller calls :meth:`~KafkaSource.commit`, after the alerts for those records are
+acknowledged. So delivery is at least once: a crash between the alert acknowledgement and
+the commit sends the records, and their alerts, again. :class:`KafkaAlertSink` and
+:class:`KafkaDeadLetterSink` send JSON and raise from :meth:`~KafkaJsonSink.flush` when a
+message is not acknowledged.
+
+Tansu 0.6, the broker of the tests and the demo, differs from Apache Kafka in ways that shape
+this module:
+
+- ListOffsets(latest), that is ``KafkaConsumer.end_offsets()``, returns the last batch's base
+  offset instead of the high watermark, so :meth:`KafkaSource.lag` uses
+  ``KafkaConsumer.highwater()`` from fetch responses.
+- A consumer-group join takes about half of ``session_timeout_ms``, whatever
+  ``max_poll_interval_ms`` is (measured with kafka-python 3.0.12: 3 s at 6000 ms, 5 s at
+  10000 ms, 23 s at 45000 ms).
+- An idempotent producer never recovers from a broker restart that loses the memory
+  storage, see :class:`KafkaJsonSink`.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import datetime as dt
+import json
+import logging
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.consumer.subscription_state import ConsumerRebalanceListener
+from kafka.errors import KafkaError, TopicAlreadyExistsError
+from kafka.structs import OffsetAndMetadata
+
+from streamad.records import DEFAULT_MAX_BYTES, InvalidRecord, Record, decode_record, encode_record
+
+logger = logging.getLogger(__name__)
+
+# At most this many invalid records per poll are logged one by one. The rest get one summary line.
+_MAX_INVALID_LOGGED_PER_POLL = 10
+
+
+class KafkaDeliveryError(KafkaError):
+    """Messages that the broker did not acknowledge before the flush ended."""
+
+    def __init__(self, message: str, failures: list[tuple[int, Exception]]) -> None:
+        super().__init__(message)
+        self.failures = failures
+
+
+# Consumer side
+
+
+@dataclass(frozen=True)
+class KafkaSourceConfig:
+    """Settings of :class:`KafkaSource`. Times are in milliseconds.
+
+    The defaults suit Apache Kafka. Against Tansu a group join takes about half of
+    ``session_timeout_ms``, so tests lower it to 6000 (Kafka's default minimum,
+    ``group.min.session.timeout.ms``) with ``heartbeat_interval_ms`` of 2000.
+    """
+
+    bootstrap_servers: str | Sequence[str]
+    topics: Sequence[str]
+    group_id: str
+    client_id: str = "streamad-source"
+    # Maximum number of Kafka records that one poll() returns.
+    max_poll_records: int = 500
+    # Maximum time that one poll() waits for records.
+    poll_timeout_ms: int = 500
+    # The broker removes the consumer from the group when it sends no heartbeat for this long.
+    session_timeout_ms: int = 10_000
+    # Interval between heartbeats. Kafka recommends at most a third of session_timeout_ms.
+    heartbeat_interval_ms: int = 3_000
+    # Maximum time between two poll() calls before the consumer leaves the group. Scoring one
+    # batch of max_poll_records records must finish within it.
+    max_poll_interval_ms: int = 300_000
+    # Maximum time that one request to the broker waits for its response.
+    request_timeout_ms: int = 30_000
+    # Where a group without a committed offset starts: "earliest" or "latest".
+    auto_offset_reset: str = "earliest"
+    # Maximum size of one record value. Larger values arrive as invalid records with reason too_large.
+    max_record_bytes: int = DEFAULT_MAX_BYTES
+    # Offsets are committed only through KafkaSource.commit(), after the alerts are acknowledged.
+    # True is rejected.
+    enable_auto_commit: bool = False
+
+    def __post_init__(self) -> None:
+        topics = (self.topics,) if isinstance(self.topics, str) else tuple(self.topics)
+        if not topics or not all(isinstance(topic, str) and topic for topic in topics):
+            raise ValueError(f"topics={self.topics!r} is invalid; give one or more non-empty topic names")
+        object.__setattr__(self, "topics", topics)
+        if not isinstance(self.group_id, str) or not self.group_id:
+            raise ValueError(f"group_id={self.group_id!r} is invalid; give a non-empty consumer group id")
+        if self.enable_auto_commit:
+            raise ValueError(
+                "enable_auto_commit=True is not supported; KafkaSource commits offsets only through commit(), "
+                "after the alerts for the records are acknowledged"
+            )
+        if self.auto_offset_reset not in ("earliest", "latest"):
+            raise ValueError(f"auto_offset_reset={self.auto_offset_reset!r} is invalid; use 'earliest' or 'latest'")
+        for name in (
+            "max_poll_records",
+            "poll_timeout_ms",
+            "session_timeout_ms",
+            "heartbeat_interval_ms",
+            "max_poll_interval_ms",
+            "request_timeout_ms",
+            "max_record_bytes",
+        ):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(f"{name}={value!r} is invalid; use a positive integer")
+        if self.heartbeat_interval_ms >= self.session_timeout_ms:
+            raise ValueError(
+                f"heartbeat_interval_ms={self.heartbeat_interval_ms} must be less than "
+                f"session_timeout_ms={self.session_timeout_ms}; use at most a third of it"
+            )
+        # kafka-python requires fetch_max_wait_ms (500 by default) < request_timeout_ms.
+        if self.request_timeout_ms <= 500:
+            raise ValueError(f"request_timeout_ms={self.request_timeout_ms} is invalid; use more than 500")
+
+
+@dataclass(frozen=True, eq=False)
+class SourceMessage:
+    """One Kafka record and the result of decoding its value.
+
+    Exactly one of ``record`` and ``error`` is set. ``raw`` is the value, ``b""`` for a tombstone.
+    ``kafka_timestamp_ms`` is the Kafka record timestamp, not the sample time in ``record``.
+    """
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    raw: bytes
+    record: Record | None
+    error: InvalidRecord | None
+    kafka_timestamp_ms: int | None = None
+
+
+class _AssignmentLogger(ConsumerRebalanceListener):
+    def __init__(self, group_id: str) -> None:
+        self._group_id = group_id
+
+    def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
+        if revoked:
+            logger.info("Kafka partitions revoked: group=%s partitions=%s", self._group_id, _format_partitions(revoked))
+
+    def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
+        logger.info("Kafka partitions assigned: group=%s partitions=%s", self._group_id, _format_partitions(assigned))
+
+    def on_partitions_lost(self, lost: Iterable[TopicPartition]) -> None:
+        logger.warning(
+            "Kafka partitions lost, their uncommitted records will be delivered again: group=%s partitions=%s",
+            self._group_id,
+            _format_partitions(lost),
+        )
+
+
+class KafkaSource:
+    """Records from Kafka topics, read in a consumer group with manual offset commits.
+
+    Call :meth:`poll` in a loop, process the messages, and :meth:`commit` them after their
+    results are delivered. A malformed record does not raise. It arrives as a
+    :class:`SourceMessage` with ``error`` set.
+    """
+
+    def __init__(self, config: KafkaSourceConfig) -> None:
+        self.config = config
+        self.invalid_count = 0
+        self._closed = False
+        self._buffered: list[SourceMessage] = []
+        self._committed: dict[tuple[str, int], int] = {}
+        self._consumer = KafkaConsumer(
+            bootstrap_servers=config.bootstrap_servers,
+            client_id=config.client_id,
+            group_id=config.group_id,
+            enable_auto_commit=False,
+            auto_offset_reset=config.auto_offset_reset,
+            max_poll_records=config.max_poll_records,
+            session_timeout_ms=config.session_timeout_ms,
+            heartbeat_interval_ms=config.heartbeat_interval_ms,
+            max_poll_interval_ms=config.max_poll_interval_ms,
+            request_timeout_ms=config.request_timeout_ms,
+        )
+        self._consumer.subscribe(list(config.topics), listener=_AssignmentLogger(config.group_id))
+        logger.info(
+            "Kafka source started: bootstrap=%s topics=%s group=%s",
+            config.bootstrap_servers,
+            ",".join(config.topics),
+            config.group_id,
+        )
+
+    def poll(self, timeout_ms: int | None = None) -> list[SourceMessage]:
+        """Fetch the next records, decoded, in offset order per partition.
+
+        Waits at most ``timeout_ms`` (default ``config.poll_timeout_ms``) and returns an empty
+        list when no record arrived. Call it at least every ``max_poll_interval_ms``, because it
+        also keeps the consumer in its group.
+        """
+        if self._buffered:
+            messages, self._buffered = self._buffered, []
+            return messages
+        return self._fetch(self.config.poll_timeout_ms if timeout_ms is None else timeout_ms)
+
+    def commit(self, messages_or_offsets: Iterable[SourceMessage] | Mapping[Any, int]) -> dict[tuple[str, int], int]:
+        """Commit offsets synchronously and return the committed offset per ``(topic, partition)``.
+
+        Given messages, commits the highest offset plus one per partition, so the group resumes
+        after them. Given a mapping from ``(topic, partition)`` or ``TopicPartition`` to an
+        offset, commits those offsets as they are. Each is the next offset to read, which is
+        the last processed offset plus one, as in Kafka. An offset not above the one that
+        this source last committed for the partition is skipped, so a late commit of an older
+        batch cannot rewind the group.
+
+        Raises ``kafka.errors.CommitFailedError`` when the group rebalanced since the poll. The
+        uncommitted records are then delivered again to the partition's new owner.
+        """
+        next_offsets = _next_offsets(messages_or_offsets)
+        to_commit = {
+            TopicPartition(topic, partition): OffsetAndMetadata(offset, "", -1)
+            for (topic, partition), offset in next_offsets.items()
+            if offset > self._committed.get((topic, partition), -1)
+        }
+        if not to_commit:
+            return {}
+        try:
+            self._consumer.commit(to_commit)
+        except KafkaError as error:
+            logger.error(
+                "Kafka offset commit failed: group=%s offsets=%s error=%r",
+                self.config.group_id,
+                _format_offsets(to_commit),
+                error,
+            )
+            raise
+        committed = {(tp.topic, tp.partition): meta.offset for tp, meta in to_commit.items()}
+        self._committed.update(committed)
+        logger.debug("Kafka offsets committed: group=%s offsets=%s", self.config.group_id, _format_offsets(to_commit))
+        return committed
+
+    def lag(self) -> dict[tuple[str, int], int]:
+        """Return the number of records not yet read per assigned ``(topic, partition)``.
+
+        Lag is the high watermark from the last fetch response minus the position. A partition
+        that has not been fetched yet has no known high watermark and is left out, so an empty
+        result right after the group join does not mean zero lag.
+        """
+        lags: dict[tuple[str, int], int] = {}
+        for tp in self._consumer.assignment():
+            highwater = self._consumer.highwater(tp)
+            if highwater is None:
+                continue
+            position = self._consumer.position(tp, timeout_ms=self.config.request_timeout_ms)
+            if position is None:
+                continue
+            lags[(tp.topic, tp.partition)] = max(0, highwater - position)
+        return lags
+
+    def assignment(self) -> set[tuple[str, int]]:
+        """Return the ``(topic, partition)`` pairs assigned to this consumer now."""
+        return {(tp.topic, tp.partition) for tp in self._consumer.assignment()}
+
+    def wait_for_assignment(self, timeout_s: float) -> set[tuple[str, int]]:
+        """Poll until the group assigns partitions to this consumer and return them.
+
+        Records fetched meanwhile are kept and returned by the next :meth:`poll`. Raises
+        ``TimeoutError`` when no partition is assigned within ``timeout_s`` seconds.
+        """
+        deadline = time.monotonic() + timeout_s
+        while not self._consumer.assignment():
+            remaining_ms = int((deadline - time.monotonic()) * 1000)
+            if remaining_ms <= 0:
+                raise TimeoutError(
+                    f"No partition of {', '.join(self.config.topics)} was assigned to group "
+                    f"{self.config.group_id!r} within {timeout_s:g} s; check that the topics exist and "
+                    f"that other members of the group do not hold all partitions"
+                )
+            self._buffered.extend(self._fetch(min(remaining_ms, 200)))
+        return self.assignment()
+
+    def close(self) -> None:
+        """Leave the group and close the connections without committing. Calling it again does nothing."""
+        if self._closed:
+            return
+        self._closed = True
+        self._consumer.close(autocommit=False)
+        logger.info("Kafka source closed: group=%s", self.config.group_id)
+
+    def __enter__(self) -> KafkaSource:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _fetch(self, timeout_ms: int) -> list[SourceMessage]:
+        batches = self._consumer.poll(timeout_ms=timeout_ms, max_records=self.config.max_poll_records)
+        messages: list[SourceMessage] = []
+        invalid_in_poll = 0
+        for tp in sorted(batches, key=lambda tp: (tp.topic, tp.partition)):
+            for consumer_record in batches[tp]:
+                message = self._decode(consumer_record)
+                messages.append(message)
+                if message.error is None:
+                    continue
+                invalid_in_poll += 1
+                if invalid_in_poll <= _MAX_INVALID_LOGGED_PER_POLL:
+                    logger.warning(
+                        "Invalid record: topic=%s partition=%d offset=%d reason=%s error=%s",
+                        message.topic,
+                        message.partition,
+                        message.offset,
+                        message.error.reason,
+                        message.error,
+                    )
+        if invalid_in_poll > _MAX_INVALID_LOGGED_PER_POLL:
+            logger.warning(
+                "%d more invalid records in this poll were not logged one by one: group=%s",
+                invalid_in_poll - _MAX_INVALID_LOGGED_PER_POLL,
+                self.config.group_id,
+            )
+        self.invalid_count += invalid_in_poll
+        return messages
+
+    def _decode(self, consumer_record: Any) -> SourceMessage:
+        raw = bytes(consumer_record.value) if consumer_record.value is not None else b""
+        record: Record | None = None
+        error: InvalidRecord | None = None
+        try:
+            record = decode_record(raw, max_bytes=self.config.max_record_bytes)
+        except InvalidRecord as invalid:
+            error = invalid
+        except Exception as unexpected:  # noqa: BLE001 - one poison record must not stop the stream
+            logger.exception(
+                "Record decoder failed unexpectedly: topic=%s partition=%d offset=%d",
+                consumer_record.topic,
+                consumer_record.partition,
+                consumer_record.offset,
+            )
+            error = InvalidRecord("decoder_error", f"The record decoder failed with {unexpected!r}; report this bug.")
+        timestamp = consumer_record.timestamp if consumer_record.timestamp is not None and consumer_record.timestamp >= 0 else None
+        return SourceMessage(
+            topic=consumer_record.topic,
+            partition=consumer_record.partition,
+            offset=consumer_record.offset,
+            key=bytes(consumer_record.key) if consumer_record.key is not None else None,
+            raw=raw,
+            record=record,
+            error=error,
+            kafka_timestamp_ms=timestamp,
+        )
+
+
+def _next_offsets(messages_or_offsets: Iterable[SourceMessage] | Mapping[Any, int]) -> dict[tuple[str, int], int]:
+    next_offsets: dict[tuple[str, int], int] = {}
+    if isinstance(messages_or_offsets, Mapping):
+        for partition_id, offset in messages_or_offsets.items():
+            topic, partition = partition_id
+            if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+                raise ValueError(f"offset {offset!r} for {topic}[{partition}] is invalid; use the next offset to read, >= 0")
+            next_offsets[(topic, int(partition))] = offset
+        return next_offsets
+    for message in messages_or_offsets:
+        if not isinstance(message, SourceMessage):
+            raise TypeError(
+                f"commit() expects SourceMessage items or a mapping of offsets, got {type(message).__name__}"
+            )
+        partition_id = (message.topic, message.partition)
+        next_offsets[partition_id] = max(next_offsets.get(partition_id, 0), message.offset + 1)
+    return next_offsets
+
+
+def _format_partitions(partitions: Iterable[TopicPartition]) -> str:
+    return ",".join(f"{tp.topic}[{tp.partition}]" for tp in sorted(partitions)) or "none"
+
+
+def _format_offsets(offsets: Mapping[TopicPartition, OffsetAndMetadata]) -> str:
+    return ",".join(f"{tp.topic}[{tp.partition}]={meta.offset}" for tp, meta in sorted(offsets.items()))
+
+
+# Producer side
+
+
+class KafkaJsonSink:
+    """A producer that sends JSON messages to one topic and reports unacknowledged ones on flush.
+
+    The producer uses ``acks="all"``. Idempotence is off by default, with one request in flight
+    per connection so that retries keep the order. Tansu 0.6 responds with UNKNOWN_PRODUCER_ID
+    to every produce request of an idempotent producer after a restart that lost its memory
+    storage, and kafka-python retries that until ``delivery_timeout_ms``. The cost of no
+    idempotence is a possible duplicate after a retry, which the at-least-once delivery of
+    the source allows anyway.
+
+    Times are in milliseconds:
+
+    - ``linger_ms``: how long the producer waits to fill a batch.
+    - ``request_timeout_ms``: how long one produce request waits for its response.
+    - ``delivery_timeout_ms``: maximum time from send to acknowledgement, retries included.
+    - ``max_block_ms``: how long ``send()`` may block for metadata or buffer space.
+    """
+
+    kind = "message"
+
+    def __init__(
+        self,
+        bootstrap_servers: str | Sequence[str],
+        topic: str,
+        *,
+        client_id: str | None = None,
+        linger_ms: int = 5,
+        request_timeout_ms: int = 30_000,
+        delivery_timeout_ms: int = 120_000,
+        max_block_ms: int = 60_000,
+        enable_idempotence: bool = False,
+    ) -> None:
+        if not isinstance(topic, str) or not topic:
+            raise ValueError(f"topic={topic!r} is invalid; give a non-empty topic name")
+        if delivery_timeout_ms < linger_ms + request_timeout_ms:
+            raise ValueError(
+                f"delivery_timeout_ms={delivery_timeout_ms} must be at least linger_ms + request_timeout_ms "
+                f"({linger_ms + request_timeout_ms})"
+            )
+        self.topic = topic
+        self._pending: list[tuple[int, Any]] = []
+        self._sent_count = 0
+        self._producer = _make_producer(
+            bootstrap_servers,
+            client_id=client_id or f"streamad-{self.kind}-sink",
+            linger_ms=linger_ms,
+            request_timeout_ms=request_timeout_ms,
+            delivery_timeout_ms=delivery_timeout_ms,
+            max_block_ms=max_block_ms,
+            enable_idempotence=enable_idempotence,
+        )
+
+    def flush(self, timeout: float | None = None) -> list[Any]:
+        """Wait until every message sent so far is acknowledged and return their RecordMetadata.
+
+        ``timeout`` is in seconds, None waits up to ``delivery_timeout_ms``. Raises
+        KafkaDeliveryError when a message failed, and ``kafka.errors.KafkaTimeoutError`` when
+        the time ran out. Commit source offsets only after this returns.
+        """
+        pending, self._pending = self._pending, []
+        if not pending:
+            return []
+        try:
+            self._producer.flush(timeout=timeout)
+        except KafkaError:
+            # Keep the messages so that a later flush() can wait for them again.
+            self._pending = pending + self._pending
+            logger.error("Kafka flush timed out: topic=%s unacknowledged=%d", self.topic, len(pending))
+            raise
+
+        acknowledged = []
+        failures: list[tuple[int, Exception]] = []
+        for index, future in pending:
+            if future.failed():
+                failures.append((index, future.exception))
+            else:
+                acknowledged.append(future.value)
+        if failures:
+            first_index, first_error = failures[0]
+            raise KafkaDeliveryError(
+                f"{len(failures)} of {len(pending)} {self.kind}s to topic {self.topic!r} were not acknowledged "
+                f"(first: {self.kind} {first_index}, {first_error!r}); check the broker and send them again",
+                failures,
+            )
+        return acknowledged
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Send what is buffered, waiting up to ``timeout`` seconds, and close the producer."""
+        self._producer.close(timeout=timeout)
+        logger.info("Kafka %s sink closed: topic=%s sent=%d", self.kind, self.topic, self._sent_count)
+
+    def __enter__(self) -> KafkaJsonSink:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _send_encoded(self, encoded: list[tuple[bytes | None, bytes]], ids: list[str]) -> None:
+        for (key, value), item_id in zip(encoded, ids):
+            index = self._sent_count
+            future = self._producer.send(self.topic, key=key, value=value)
+            future.add_errback(self._log_failure, index, item_id)
+            self._pending.append((index, future))
+            self._sent_count += 1
+
+    def _log_failure(self, index: int, item_id: str, error: Exception) -> None:
+        logger.error("Kafka %s not delivered: topic=%s %s error=%r", self.kind, self.topic, item_id, error)
+
+
+class KafkaAlertSink(KafkaJsonSink):
+    """Alert events sent as JSON to the alerts topic, keyed by series so that a series stays in order."""
+
+    kind = "alert"
+
+    def send(self, events: Sequence[Mapping[str, Any]]) -> None:
+        """Queue the events for sending. Call :meth:`flush` to wait for the acknowledgements.
+
+        Each event is a JSON object. Its key is ``event["series"]``, or ``event["alert_id"]``
+        when it has no series. NumPy scalars and arrays become JSON numbers and lists, and
+        datetimes become ISO-8601 strings. Raises ValueError, before sending any event, when an
+        event contains NaN or infinity or a value that JSON cannot represent.
+        """
+        encoded = []
+        ids = []
+        for index, event in enumerate(events):
+            key = event.get("series") or event.get("alert_id")
+            encoded.append((str(key).encode("utf-8") if key is not None else None, _encode_json(event, f"alert {index}")))
+            ids.append(f"series={event.get('series')} alert_id={event.get('alert_id')}")
+        self._send_encoded(encoded, ids)
+
+
+class KafkaDeadLetterSink(KafkaJsonSink):
+    """Invalid records sent as JSON to a dead-letter topic with the reason they were rejected.
+
+    Each message is ``{"topic", "partition", "offset", "reason", "message", "raw_base64",
+    "key_base64"}``, where ``raw_base64`` is the original value and ``key_base64`` the original
+    key (or null), both base64-encoded. The message key is the original key.
+    """
+
+    kind = "dead letter"
+
+    def send(self, entries: Sequence[SourceMessage | Mapping[str, Any]]) -> None:
+        """Queue dead-letter entries for sending. Call :meth:`flush` to wait for the acknowledgements.
+
+        An entry is a SourceMessage with ``error`` set, or a mapping with ``raw`` (bytes),
+        ``topic``, ``partition``, ``offset``, ``reason`` and ``message``, and optionally ``key``.
+        """
+        encoded = []
+        ids = []
+        for index, entry in enumerate(entries):
+            document = dead_letter_document(entry)
+            key = entry.key if isinstance(entry, SourceMessage) else entry.get("key")
+            encoded.append((key, _encode_json(document, f"dead-letter entry {index}")))
+            ids.append(f"source_topic={document['topic']} partition={document['partition']} offset={document['offset']}")
+        self._send_encoded(encoded, ids)
+
+
+def dead_letter_document(entry: SourceMessage | Mapping[str, Any]) -> dict[str, Any]:
+    """Build the JSON object of a dead-letter message from a SourceMessage or an entry mapping."""
+    if isinstance(entry, SourceMessage):
+        if entry.error is None:
+            raise ValueError(
+                f"The message at {entry.topic}[{entry.partition}] offset {entry.offset} decoded without error; "
+                "send only messages with error set to the dead-letter sink"
+            )
+        fields = {
+            "topic": entry.topic,
+            "partition": entry.partition,
+            "offset": entry.offset,
+            "reason": entry.error.reason,
+            "message": str(entry.error),
+            "raw": entry.raw,
+            "key": entry.key,
+        }
+    else:
+        missing = [name for name in ("raw", "topic", "partition", "offset", "reason", "message") if name not in entry]
+        if missing:
+            raise ValueError(f"The dead-letter entry has no {', '.join(missing)}; add the missing fields")
+        fields = dict(entry)
+    raw = fields["raw"]
+    key = fields.get("key")
+    if not isinstance(raw, (bytes, bytearray, memoryview)):
+        raise TypeError(f"The dead-letter entry field 'raw' has type {type(raw).__name__}; pass the original bytes")
+    return {
+        "topic": fields["topic"],
+        "partition": fields["partition"],
+        "offset": fields["offset"],
+        "reason": fields["reason"],
+        "message": fields["message"],
+        "raw_base64": base64.b64encode(bytes(raw)).decode("ascii"),
+        "key_base64": base64.b64encode(bytes(key)).decode("ascii") if key is not None else None,
+    }
+
+
+# Helpers for the demo and the tests
+
+
+def produce_records(
+    bootstrap_servers: str | Sequence[str],
+    topic: str,
+    records: Iterable[Record | bytes],
+    *,
+    has_clock: bool = True,
+    timeout_s: float = 30.0,
+) -> list[tuple[int, int]]:
+    """Send records to a topic, wait for every acknowledgement and return ``(partition, offset)`` of each.
+
+    A Record is encoded with :func:`~streamad.records.encode_record` and keyed by its series.
+    Bytes are sent unchanged without a key, which lets tests send malformed messages.
+    Raises KafkaDeliveryError when the broker rejects a record, and
+    ``kafka.errors.KafkaTimeoutError`` when the acknowledgements take longer than ``timeout_s`` seconds.
+    """
+    producer = _make_producer(
+        bootstrap_servers,
+        client_id="streamad-producer",
+        linger_ms=5,
+        request_timeout_ms=max(1000, int(timeout_s * 1000) // 2),
+        delivery_timeout_ms=max(2000, int(timeout_s * 1000)),
+        max_block_ms=max(1000, int(timeout_s * 1000)),
+        enable_idempotence=False,
+    )
+    try:
+        futures = []
+        for record in records:
+            if isinstance(record, Record):
+                futures.append(
+                    producer.send(topic, key=record.series.encode("utf-8"), value=encode_record(record, has_clock))
+                )
+            elif isinstance(record, (bytes, bytearray, memoryview)):
+                futures.append(producer.send(topic, value=bytes(record)))
+            else:
+                raise TypeError(f"produce_records expects Record or bytes items, got {type(record).__name__}")
+        producer.flush(timeout=timeout_s)
+        positions = []
+        failures = []
+        for index, future in enumerate(futures):
+            if future.failed():
+                failures.append((index, future.exception))
+            else:
+                positions.append((future.value.partition, future.value.offset))
+        if failures:
+            raise KafkaDeliveryError(
+                f"{len(failures)} of {len(futures)} records to topic {topic!r} were not acknowledged "
+                f"(first: record {failures[0][0]}, {failures[0][1]!r})",
+                failures,
+            )
+        return positions
+    finally:
+        producer.close(timeout=5)
+
+
+def create_topic(
+    bootstrap_servers: str | Sequence[str],
+    topic: str,
+    partitions: int = 1,
+    *,
+    replication_factor: int = 1,
+    timeout_s: float = 30.0,
+) -> bool:
+    """Create a topic and return True, or return False when it already exists.
+
+    An existing topic is left as it is, even with another partition count. Brokers that
+    auto-create topics (Tansu 0.6 does, with 4 partitions) would otherwise create it on the
+    first produce or metadata request with their default partition count.
+    """
+    if partitions < 1:
+        raise ValueError(f"partitions={partitions!r} is invalid; use 1 or more")
+    timeout_ms = int(timeout_s * 1000)
+    admin = KafkaAdminClient(
+        bootstrap_servers=bootstrap_servers,
+        client_id="streamad-admin",
+        request_timeout_ms=timeout_ms,
+        bootstrap_timeout_ms=timeout_ms,
+    )
+    try:
+        admin.create_topics(
+            {topic: {"num_partitions": partitions, "replication_factor": replication_factor}},
+            timeout_ms=timeout_ms,
+        )
+    except TopicAlreadyExistsError:
+        logger.info("Kafka topic exists already: topic=%s", topic)
+        return False
+    finally:
+        admin.close()
+    logger.info("Kafka topic created: topic=%s partitions=%d", topic, partitions)
+    return True
+
+
+def _make_producer(bootstrap_servers: str | Sequence[str], **options: Any) -> KafkaProducer:
+    idempotent = options.pop("enable_idempotence")
+    return KafkaProducer(
+        bootstrap_servers=bootstrap_servers,
+        acks="all",
+        enable_idempotence=idempotent,
+        max_in_flight_requests_per_connection=5 if idempotent else 1,
+        **options,
+    )
+
+
+def _encode_json(document: Mapping[str, Any], label: str) -> bytes:
+    try:
+        text = json.dumps(document, default=_json_default, allow_nan=False, ensure_ascii=False, separators=(",", ":"))
+    except (TypeError, ValueError) as error:
+        raise ValueError(
+            f"The {label} cannot be encoded as JSON ({error}); replace NaN, infinity and objects "
+            f"that are not numbers, strings, lists or dicts"
+        ) from None
+    return text.encode("utf-8")
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, (dt.datetime, dt.date)):
+        return value.isoformat()
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
