@@ -89,9 +89,10 @@ class Record:
     """One sample of one series.
 
     ``timestamp`` is in milliseconds since the Unix epoch (UTC), or a step index for a series
-    without clock time. ``values`` is a read-only float64 array of shape ``(C,)`` with ``C >= 1``
-    finite values. The constructor validates and converts its arguments and raises
-    :class:`InvalidRecord`.
+    without clock time. ``values`` is a read-only float64 array of shape ``(C,)`` with ``C >= 1``.
+    A NaN value marks a missing sample, as file replay produces for gaps, and infinity is
+    rejected. :func:`decode_record` rejects NaN too, so records from Kafka are finite. The
+    constructor validates and converts its arguments and raises :class:`InvalidRecord`.
     """
 
     series: str
@@ -109,7 +110,7 @@ class Record:
         return (
             self.series == other.series
             and self.timestamp == other.timestamp
-            and np.array_equal(self.values, other.values)
+            and np.array_equal(self.values, other.values, equal_nan=True)
         )
 
     def __hash__(self) -> int:
@@ -180,11 +181,19 @@ def decode_record(payload: bytes | str | Mapping[str, Any], *, max_bytes: int = 
 def encode_record(record: Record, has_clock: bool = True) -> bytes:
     """Serialize a record to the UTF-8 JSON that :func:`decode_record` reads back unchanged.
 
+    Raises ValueError for a record with a NaN value, because the wire format has no missing values.
+
     With ``has_clock`` the timestamp is written as ISO-8601 UTC with milliseconds and a ``Z``
     suffix. Without it, as for step indices, it is written as a JSON integer.
     """
     if not isinstance(record, Record):
         raise TypeError(f"encode_record expects a Record, got {type(record).__name__}")
+    if np.any(np.isnan(record.values)):
+        index = int(np.flatnonzero(np.isnan(record.values))[0])
+        raise ValueError(
+            f"The record of series {_quote(record.series)} at {record.timestamp} has NaN at index {index}, "
+            "which the JSON wire format cannot carry; fill the missing value or skip the record."
+        )
     timestamp: int | str = record.timestamp
     if has_clock:
         moment = _EPOCH + dt.timedelta(milliseconds=record.timestamp)
@@ -412,12 +421,11 @@ def _check_values_array(values: Any) -> np.ndarray:
         )
     if array.size == 0:
         raise InvalidRecord("empty_values", "Record values are empty; pass at least one number.")
-    if not np.all(np.isfinite(array)):
-        index = int(np.flatnonzero(~np.isfinite(array))[0])
+    if np.any(np.isinf(array)):
+        index = int(np.flatnonzero(np.isinf(array))[0])
         raise InvalidRecord(
             "non_finite",
-            f"Record values contain {float(array[index])!r} at index {index}; pass only finite numbers "
-            "and drop or interpolate missing samples first.",
+            f"Record values contain {float(array[index])!r} at index {index}; pass finite numbers, or NaN for a missing value.",
         )
     array.flags.writeable = False
     return array

@@ -57,7 +57,7 @@ def test_decode_single_value():
         ("2024-05-01T12:00:00", 1714564800000),
         ("2024-05-01", 1714521600000),
         ("1970-01-01T00:00:00.000999Z", 0),  # sub-millisecond digits are floored
-        ("1969-12-31T23:59:59.9995Z", -1),
+        ("1969-12-31T23:59:59.999500Z", -1),
     ],
 )
 def test_decode_iso_timestamp(text, expected_ms):
@@ -266,7 +266,8 @@ def test_record_copies_values():
         ("s", 0, ["1"], "bad_type"),
         ("s", 0, [1 + 2j], "bad_type"),
         ("s", 0, [True, False], "bad_type"),
-        ("s", 0, [1.0, np.nan], "non_finite"),
+        ("s", 0, [1.0, np.inf], "non_finite"),
+        ("s", 0, [-np.inf], "non_finite"),
         ("s", 0, [2**1100], "non_finite"),
         ("s", 0.5, [1.0], "bad_type"),
         ("s", True, [1.0], "bad_type"),
@@ -280,6 +281,20 @@ def test_record_rejects(series, timestamp, values, reason):
         Record(series, timestamp, values)
 
     assert caught.value.reason == reason
+
+
+def test_record_allows_nan_gap():
+    record = Record("s", 0, [1.0, np.nan])
+
+    assert np.isnan(record.values[1])
+    assert record == Record("s", 0, [1.0, np.nan])
+
+
+def test_encode_rejects_nan_gap():
+    record = Record("pump", 5, [np.nan])
+
+    with pytest.raises(ValueError, match="NaN at index 0"):
+        encode_record(record)
 
 
 def test_record_equality_and_hash():
