@@ -19,6 +19,7 @@ def _add_train(subparsers) -> None:
     )
     parser.add_argument("--data", required=True, nargs="+", help="data file(s): CSV, .npy or JSON lines")
     parser.add_argument("--out", required=True, help="model bundle directory to write")
+    parser.add_argument("--channels", help="comma-separated channels to model: CSV column names, or positions 0,1,... for .npy (default: all numeric columns)")
     parser.add_argument("--window", type=int, default=32, help="window length L in time steps (default 32)")
     parser.add_argument("--stride", type=int, default=1, help="steps between scored windows when streaming (default 1)")
     parser.add_argument("--latent", type=int, default=4, help="latent dimension d (default 4)")
@@ -82,7 +83,9 @@ def _add_run(subparsers) -> None:
     parser.add_argument("--dead-letter-topic", help="Kafka topic for records that cannot be used")
     parser.add_argument("--stdout", action="store_true", help="also print each incident event on standard output")
     parser.add_argument("--max-poll-records", type=int, default=500, help="records per poll (default 500)")
-    parser.add_argument("--max-poll-interval-ms", type=int, default=30000, help="Kafka max.poll.interval.ms (default 30000)")
+    parser.add_argument("--max-poll-interval-ms", type=int, default=300_000, help="maximum ms between polls before the consumer leaves the group; one batch must be scored within it (default 300000)")
+    parser.add_argument("--session-timeout-ms", type=int, default=10_000, help="ms without heartbeat after which the broker drops the consumer from the group (default 10000)")
+    parser.add_argument("--heartbeat-interval-ms", type=int, default=3_000, help="ms between consumer heartbeats, at most a third of the session timeout (default 3000)")
     _add_scoring_options(parser)
     parser.set_defaults(handler=commands.run)
 
@@ -116,7 +119,7 @@ def _add_demo(subparsers) -> None:
     parser.add_argument("--bootstrap-servers", help="use this Kafka instead of starting a local Tansu broker")
     parser.add_argument("--out", default=None, help="directory for the model bundle and outputs (default: a temporary directory)")
     parser.add_argument("--train-fraction", type=float, default=0.55, help="fraction of the series used for training (default 0.55)")
-    parser.add_argument("--epochs", type=int, default=60, help="maximum training epochs (default 60)")
+    parser.add_argument("--epochs", type=int, default=300, help="maximum training epochs (default 300)")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for the daemon to consume the topic (default 300)")
     parser.set_defaults(handler=commands.demo)
 

@@ -36,20 +36,27 @@ def _engine_config(args, has_clock: bool, score: str | None = None) -> EngineCon
     )
 
 
-def _load_data(paths) -> list:
+def _load_data(paths, channels: list[str] | None = None) -> list:
+    """Load the series of every data file, keeping only ``channels`` (by name) when given."""
     from connectors.files import load_file_series
 
     series_list = []
     for path in paths:
         if not Path(path).is_file():
             raise UsageError(f"data file {path!r} not found; pass an existing CSV, .npy or JSON-lines file")
-        series_list.extend(load_file_series(path))
+        series_list.extend(load_file_series(path, channels=channels))
     return series_list
+
+
+def _parse_channels(text: str | None) -> list[str] | None:
+    if not text:
+        return None
+    return [name.strip() for name in text.split(",") if name.strip()]
 
 
 def train(args) -> int:
     """Train a bundle on ``--data`` and save it to ``--out``."""
-    series_list = _load_data(args.data)
+    series_list = _load_data(args.data, _parse_channels(args.channels))
     config = TrainConfig(
         window=args.window,
         stride=args.stride,
@@ -83,7 +90,7 @@ def replay(args) -> int:
     from connectors.files import FileReplaySource, JsonLinesSink, ScoresCsvWriter
 
     bundle = load_bundle(args.model)
-    series_list = _load_data(args.data)
+    series_list = _load_data(args.data, bundle.channels)
     has_clock = all(series.has_clock for series in series_list)
     engine = StreamEngine(bundle, _engine_config(args, has_clock))
     writer = ScoresCsvWriter(args.scores, has_clock)
@@ -110,7 +117,7 @@ def evaluate(args) -> int:
     from streamad.evaluation import best_f1, event_metrics, load_labels, pr_auc, roc_auc
 
     bundle = load_bundle(args.model)
-    (series,) = _load_data([args.data])
+    (series,) = _load_data([args.data], bundle.channels)
     labels = load_labels(args.labels, args.data, series)
     if not 0.0 <= args.skip_fraction < 1.0:
         raise UsageError(f"--skip-fraction {args.skip_fraction!r} is invalid; use a value in [0, 1)")

@@ -43,5 +43,7 @@ def build_daemon(args) -> tuple:
         group_id=args.group_id,
         max_poll_records=args.max_poll_records,
         max_poll_interval_ms=args.max_poll_interval_ms,
+        session_timeout_ms=args.session_timeout_ms,
+        heartbeat_interval_ms=args.heartbeat_interval_ms,
     )
     return KafkaSource(config), alert_sinks, dead_letter_sinks
