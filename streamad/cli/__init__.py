@@ -6,7 +6,7 @@ import argparse
 import logging
 import sys
 
-from streamad.cli import commands
+from streamad.cli import benchmark, commands, select
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -136,6 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run(subparsers)
     _add_evaluate(subparsers)
     _add_demo(subparsers)
+    select.add_parser(subparsers)
+    benchmark.add_parser(subparsers)
     return parser
 
 
