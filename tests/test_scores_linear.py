@@ -10,6 +10,8 @@ import math
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 from torch.distributions import LowRankMultivariateNormal
 
@@ -127,6 +129,26 @@ def test_laplace_at_map_is_exact(shape):
 
     expected = -model.exact_log_prob(x).detach()
     assert score.dtype == torch.float64
+    assert torch.allclose(score, expected, rtol=0, atol=1e-6)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    window=st.integers(1, 4),
+    channels=st.integers(1, 3),
+    latent=st.integers(1, 3),
+    noise_var=st.lists(st.floats(0.005, 1.0), min_size=3, max_size=3),
+    seed=st.integers(0, 2**16),
+)
+def test_laplace_exact_for_random_models(window, channels, latent, noise_var, seed):
+    latent = min(latent, window * channels)
+    variances = torch.tensor(noise_var[:channels], dtype=torch.float64)
+    model = make_model(window, channels, latent, noise_var=variances, seed=seed)
+    x = sample_windows(model, 4, seed=seed + 1)
+
+    score = score_windows(model, x, "likelihood", z_star="map")
+
+    expected = -model.exact_log_prob(x).detach()
     assert torch.allclose(score, expected, rtol=0, atol=1e-6)
 
 

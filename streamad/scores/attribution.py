@@ -17,8 +17,10 @@ def channel_contributions(model: WindowVAE, x: torch.Tensor, **likelihood_option
     For channel ``c`` the contribution is
     ``½ Σ_t [(x_tc - f_tc(z*))² / σ_c² + log(2π σ_c²)]``, so the contributions of a window
     sum to ``-log p(x|z*)``, the residual part of the likelihood score. The prior and
-    volume terms belong to the latent code as a whole and are not split. The channel
-    with the largest contribution is the one that the decoder explains worst.
+    volume terms belong to the latent code as a whole and are not split. Each
+    contribution includes the channel's constant ``(L/2) log(2π σ_c²)``, so a channel
+    with a larger noise variance starts higher. Subtract that constant to rank channels
+    by the whitened squared residual alone.
 
     Parameters
     ----------

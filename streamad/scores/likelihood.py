@@ -10,8 +10,8 @@ diagonal with the per-channel noise variances repeated over the ``L`` steps, and
 - ``form="laplace"`` (default): ``M = J̃ᵀJ̃ + I``. This is Laplace's method on
   ``∫ p(x|z) p(z) dz`` with ``f`` linearised at ``z*``: the Gauss-Newton Hessian of
   ``-log p(x|z) - log p(z)`` is ``H = J̃ᵀJ̃ + I`` and the Gaussian integral contributes
-  ``(2π)^(d/2) det(H)^(-1/2)``. When ``f`` is linear and ``z*`` is the MAP point, this is
-  exactly the log-density of ``N(b, W Wᵀ + Σ)``. At the encoder mean, which is not a
+  ``(2π)^(d/2) det(H)^(-1/2)``. When ``f(z) = W z + b`` is linear and ``z*`` is the MAP
+  point, this is exactly the log-density of ``N(b, W Wᵀ + Σ)``. At the encoder mean, which is not a
   stationary point, the term ``½ gᵀH⁻¹g`` of the gradient ``g`` is left out.
 - ``form="manifold"``: ``M = J̃ᵀJ̃``, the same with the prior's curvature ``I`` dropped,
   which treats ``p(z)`` as flat across the width of the posterior. The prior's mass
@@ -27,9 +27,9 @@ Why ``jacobian_weight`` ``w = 0.5``: both volume factors are square roots of a
 determinant. The chart from the ``d``-dimensional latent space to the ``d``-dimensional
 manifold scales volume by ``sqrt(det(JᵀJ))``, so the density on the manifold picks up
 ``-½ log det(JᵀJ)``. The Laplace integral over ``z`` contributes
-``(2π)^(d/2) det(H)^(-1/2)``, again a square root. Subtracting the full ``log det(JᵀJ)``,
-as some published implementations do, counts the volume twice and no longer gives
-``log p(x)``. ``jacobian_weight=1.0`` reproduces those numbers for comparison only.
+``(2π)^(d/2) det(H)^(-1/2)``, again a square root. ``jacobian_weight=1.0`` subtracts the
+full ``log det``, which counts the volume twice and no longer gives ``log p(x)``. It
+exists only to reproduce the numbers of implementations that do so.
 
 ``jacobian="encoder"`` takes the volume from the encoder instead of the decoder. With
 ``x̃ = Σ^(-1/2) x`` the whitened window, the encoder's Jacobian in whitened coordinates is
@@ -67,7 +67,7 @@ DEFAULT_MEMORY_BUDGET_MB = 256.0
 
 @dataclass(frozen=True)
 class LikelihoodOptions:
-    """Validated options of the likelihood score. See :func:`likelihood_terms`."""
+    """Validated options of the likelihood score, and their defaults. See :func:`likelihood_terms`."""
 
     z_star: str = "encoder_mean"
     map_steps: int = 50
@@ -124,12 +124,12 @@ def likelihood_terms(
     model: WindowVAE,
     x: torch.Tensor,
     *,
-    z_star: str = "encoder_mean",
-    map_steps: int = 50,
-    form: str = "laplace",
-    jacobian_weight: float = 0.5,
-    jacobian: str = "decoder",
-    memory_budget_mb: float = DEFAULT_MEMORY_BUDGET_MB,
+    z_star: str = LikelihoodOptions.z_star,
+    map_steps: int = LikelihoodOptions.map_steps,
+    form: str = LikelihoodOptions.form,
+    jacobian_weight: float = LikelihoodOptions.jacobian_weight,
+    jacobian: str = LikelihoodOptions.jacobian,
+    memory_budget_mb: float = LikelihoodOptions.memory_budget_mb,
 ) -> LikelihoodTerms:
     """Compute the terms of the approximate ``log p(x)`` of each window.
 
