@@ -15,7 +15,8 @@ this module:
   ``KafkaConsumer.highwater()`` from fetch responses.
 - A consumer-group join takes about half of ``session_timeout_ms``, whatever
   ``max_poll_interval_ms`` is (measured with kafka-python 3.0.12: 3 s at 6000 ms, 5 s at
-  10000 ms, 23 s at 45000 ms).
+  10000 ms, 23 s at 45000 ms). Roughly one join in 15 takes twice as long, because a metadata
+  response that arrives after the SyncGroup makes kafka-python join again.
 - An idempotent producer never recovers from a broker restart that loses the memory
   storage, see :class:`KafkaJsonSink`.
 """
@@ -35,7 +36,7 @@ from typing import Any
 import numpy as np
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
-from kafka.errors import KafkaError, TopicAlreadyExistsError
+from kafka.errors import KafkaError, KafkaTimeoutError, TopicAlreadyExistsError
 from kafka.structs import OffsetAndMetadata
 
 from streamad.records import DEFAULT_MAX_BYTES, InvalidRecord, Record, decode_record, encode_record
@@ -178,18 +179,25 @@ class KafkaSource:
         self._closed = False
         self._buffered: list[SourceMessage] = []
         self._committed: dict[tuple[str, int], int] = {}
-        self._consumer = KafkaConsumer(
-            bootstrap_servers=config.bootstrap_servers,
-            client_id=config.client_id,
-            group_id=config.group_id,
-            enable_auto_commit=False,
-            auto_offset_reset=config.auto_offset_reset,
-            max_poll_records=config.max_poll_records,
-            session_timeout_ms=config.session_timeout_ms,
-            heartbeat_interval_ms=config.heartbeat_interval_ms,
-            max_poll_interval_ms=config.max_poll_interval_ms,
-            request_timeout_ms=config.request_timeout_ms,
-        )
+        try:
+            self._consumer = KafkaConsumer(
+                bootstrap_servers=config.bootstrap_servers,
+                client_id=config.client_id,
+                group_id=config.group_id,
+                enable_auto_commit=False,
+                auto_offset_reset=config.auto_offset_reset,
+                max_poll_records=config.max_poll_records,
+                session_timeout_ms=config.session_timeout_ms,
+                heartbeat_interval_ms=config.heartbeat_interval_ms,
+                max_poll_interval_ms=config.max_poll_interval_ms,
+                request_timeout_ms=config.request_timeout_ms,
+            )
+        except KafkaTimeoutError as error:
+            raise _bootstrap_error(config.bootstrap_servers, error) from error
+        # A consumer of a missing topic waits without any log line, so log a warning once here.
+        for topic in config.topics:
+            if not self._consumer.partitions_for_topic(topic):
+                logger.warning("Kafka topic not found, waiting for it to be created: topic=%s", topic)
         self._consumer.subscribe(list(config.topics), listener=_AssignmentLogger(config.group_id))
         logger.info(
             "Kafka source started: bootstrap=%s topics=%s group=%s",
@@ -249,10 +257,15 @@ class KafkaSource:
     def lag(self) -> dict[tuple[str, int], int]:
         """Return the number of records not yet read per assigned ``(topic, partition)``.
 
-        Lag is the high watermark from the last fetch response minus the position. A partition
-        that has not been fetched yet has no known high watermark and is left out, so an empty
-        result right after the group join does not mean zero lag.
+        Lag is the high watermark from the last fetch response minus the position, plus the
+        records that :meth:`wait_for_assignment` fetched and :meth:`poll` has not returned yet.
+        A partition that has not been fetched yet has no known high watermark and is left out,
+        so an empty result right after the group join does not mean zero lag.
         """
+        buffered: dict[tuple[str, int], int] = {}
+        for message in self._buffered:
+            partition_id = (message.topic, message.partition)
+            buffered[partition_id] = buffered.get(partition_id, 0) + 1
         lags: dict[tuple[str, int], int] = {}
         for tp in self._consumer.assignment():
             highwater = self._consumer.highwater(tp)
@@ -261,7 +274,8 @@ class KafkaSource:
             position = self._consumer.position(tp, timeout_ms=self.config.request_timeout_ms)
             if position is None:
                 continue
-            lags[(tp.topic, tp.partition)] = max(0, highwater - position)
+            partition_id = (tp.topic, tp.partition)
+            lags[partition_id] = max(0, highwater - position) + buffered.get(partition_id, 0)
         return lags
 
     def assignment(self) -> set[tuple[str, int]]:
@@ -678,12 +692,23 @@ def create_topic(
 
 def _make_producer(bootstrap_servers: str | Sequence[str], **options: Any) -> KafkaProducer:
     idempotent = options.pop("enable_idempotence")
-    return KafkaProducer(
-        bootstrap_servers=bootstrap_servers,
-        acks="all",
-        enable_idempotence=idempotent,
-        max_in_flight_requests_per_connection=5 if idempotent else 1,
-        **options,
+    try:
+        return KafkaProducer(
+            bootstrap_servers=bootstrap_servers,
+            acks="all",
+            enable_idempotence=idempotent,
+            max_in_flight_requests_per_connection=5 if idempotent else 1,
+            **options,
+        )
+    except KafkaTimeoutError as error:
+        raise _bootstrap_error(bootstrap_servers, error) from error
+
+
+def _bootstrap_error(bootstrap_servers: str | Sequence[str], error: Exception) -> KafkaTimeoutError:
+    servers = bootstrap_servers if isinstance(bootstrap_servers, str) else ",".join(bootstrap_servers)
+    return KafkaTimeoutError(
+        f"Connecting to Kafka at {servers} timed out ({error}); check that the broker is running "
+        "and that the bootstrap address is right"
     )
 
 

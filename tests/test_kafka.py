@@ -228,9 +228,15 @@ def test_wait_for_assignment_keeps_records(kafka_bootstrap, new_topic, group_id,
     source = make_source([topic], group_id)
 
     assigned = source.wait_for_assignment(JOIN_TIMEOUT_S)
+    lag_before_poll = source.lag()
     messages = _consume_until(source, _last_offsets(positions, topic))
 
     assert assigned == {(topic, 0), (topic, 1)}
+    # Records fetched during the wait count as lag until poll() returns them, so a partition
+    # with a known high watermark still shows all of its records.
+    for (_, partition), lag in lag_before_poll.items():
+        assert lag == sum(1 for produced_partition, _ in positions if produced_partition == partition)
+    assert sum(source.lag().values()) == 0
     assert len(messages) == len(records)
     assert len({(m.partition, m.offset) for m in messages}) == len(records)
 
