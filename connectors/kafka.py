@@ -546,28 +546,33 @@ class KafkaDeadLetterSink(KafkaJsonSink):
     def send(self, entries: Sequence[SourceMessage | Mapping[str, Any]]) -> None:
         """Queue dead-letter entries for sending. Call :meth:`flush` to wait for the acknowledgements.
 
-        An entry is a SourceMessage with ``error`` set, or a mapping with ``raw`` (bytes),
-        ``topic``, ``partition``, ``offset``, ``reason`` and ``message``, and optionally ``key``.
+        An entry is a SourceMessage with ``error`` set, or a mapping as described in
+        :func:`dead_letter_document`, such as the entries that the stream runner builds.
         """
         encoded = []
         ids = []
         for index, entry in enumerate(entries):
             document = dead_letter_document(entry)
-            key = entry.key if isinstance(entry, SourceMessage) else entry.get("key")
+            key = base64.b64decode(document["key_base64"]) if document["key_base64"] is not None else None
             encoded.append((key, _encode_json(document, f"dead-letter entry {index}")))
             ids.append(f"source_topic={document['topic']} partition={document['partition']} offset={document['offset']}")
         self._send_encoded(encoded, ids)
 
 
 def dead_letter_document(entry: SourceMessage | Mapping[str, Any]) -> dict[str, Any]:
-    """Build the JSON object of a dead-letter message from a SourceMessage or an entry mapping."""
+    """Build the JSON object of a dead-letter message from a SourceMessage or an entry mapping.
+
+    A mapping has ``topic``, ``partition``, ``offset``, ``reason`` and ``message``, the original
+    value as ``raw`` (bytes) or ``raw_base64`` (str), and optionally the original key as ``key``
+    (bytes) or ``key_base64`` (str).
+    """
     if isinstance(entry, SourceMessage):
         if entry.error is None:
             raise ValueError(
                 f"The message at {entry.topic}[{entry.partition}] offset {entry.offset} decoded without error; "
                 "send only messages with error set to the dead-letter sink"
             )
-        fields = {
+        entry = {
             "topic": entry.topic,
             "partition": entry.partition,
             "offset": entry.offset,
@@ -576,24 +581,40 @@ def dead_letter_document(entry: SourceMessage | Mapping[str, Any]) -> dict[str, 
             "raw": entry.raw,
             "key": entry.key,
         }
-    else:
-        missing = [name for name in ("raw", "topic", "partition", "offset", "reason", "message") if name not in entry]
-        if missing:
-            raise ValueError(f"The dead-letter entry has no {', '.join(missing)}; add the missing fields")
-        fields = dict(entry)
-    raw = fields["raw"]
-    key = fields.get("key")
-    if not isinstance(raw, (bytes, bytearray, memoryview)):
-        raise TypeError(f"The dead-letter entry field 'raw' has type {type(raw).__name__}; pass the original bytes")
+
+    missing = [name for name in ("topic", "partition", "offset", "reason", "message") if name not in entry]
+    if "raw" not in entry and "raw_base64" not in entry:
+        missing.append("raw or raw_base64")
+    if missing:
+        raise ValueError(f"The dead-letter entry has no {', '.join(missing)}; add the missing fields")
     return {
-        "topic": fields["topic"],
-        "partition": fields["partition"],
-        "offset": fields["offset"],
-        "reason": fields["reason"],
-        "message": fields["message"],
-        "raw_base64": base64.b64encode(bytes(raw)).decode("ascii"),
-        "key_base64": base64.b64encode(bytes(key)).decode("ascii") if key is not None else None,
+        "topic": entry["topic"],
+        "partition": entry["partition"],
+        "offset": entry["offset"],
+        "reason": entry["reason"],
+        "message": entry["message"],
+        "raw_base64": _base64_field(entry, "raw"),
+        "key_base64": _base64_field(entry, "key"),
     }
+
+
+def _base64_field(entry: Mapping[str, Any], name: str) -> str | None:
+    """Return ``entry[name]`` base64-encoded, or ``entry[name + "_base64"]`` checked, or None."""
+    if entry.get(name) is not None:
+        value = entry[name]
+        if not isinstance(value, (bytes, bytearray, memoryview)):
+            raise TypeError(
+                f"The dead-letter entry field {name!r} has type {type(value).__name__}; pass the original bytes"
+            )
+        return base64.b64encode(bytes(value)).decode("ascii")
+    encoded = entry.get(f"{name}_base64")
+    if encoded is None:
+        return None
+    try:
+        base64.b64decode(encoded, validate=True)
+    except (TypeError, ValueError):
+        raise ValueError(f"The dead-letter entry field '{name}_base64' is not valid base64: {encoded!r:.80}") from None
+    return encoded
 
 
 # Helpers for the demo and the tests

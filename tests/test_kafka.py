@@ -142,13 +142,27 @@ def test_dead_letter_round_trip(kafka_bootstrap, new_topic, group_id, make_sourc
     messages = _consume_until(source, _last_offsets(positions, source_topic))
     invalid = [m for m in messages if m.error is not None]
 
+    # The stream runner builds entries with the value already base64-encoded.
+    runner_entry = {
+        "topic": source_topic,
+        "partition": 0,
+        "offset": positions[1][1],
+        "reason": "channel_mismatch",
+        "message": "The record has 1 channel, the model expects 2.",
+        "raw_base64": base64.b64encode(b"{}").decode("ascii"),
+        "key_base64": base64.b64encode(b"s").decode("ascii"),
+    }
+
     with KafkaDeadLetterSink(kafka_bootstrap, dead_letter_topic) as sink:
-        sink.send(invalid)
+        sink.send(invalid + [runner_entry])
         acknowledged = sink.flush(timeout=10)
 
-    assert len(acknowledged) == 1
-    found = _read_all(kafka_bootstrap, dead_letter_topic, expected_count=1)
-    assert len(found) == 1
+    assert len(acknowledged) == 2
+    found = _read_all(kafka_bootstrap, dead_letter_topic, expected_count=2)
+    assert len(found) == 2
+    found.sort(key=lambda message: message.offset)
+    assert json.loads(found[1].value) == runner_entry
+    assert found[1].key == b"s"
     document = json.loads(found[0].value)
     assert document["topic"] == source_topic
     assert document["partition"] == 0

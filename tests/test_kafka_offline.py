@@ -72,6 +72,23 @@ def test_dead_letter_from_mapping():
     assert document["offset"] == 7
 
 
+def test_dead_letter_from_encoded_mapping():
+    raw_base64 = base64.b64encode(b"{bad").decode("ascii")
+    entry = {"raw_base64": raw_base64, "topic": "t", "partition": 1, "offset": 3, "reason": "r", "message": "m"}
+
+    document = dead_letter_document(entry)
+
+    assert document["raw_base64"] == raw_base64
+    assert document["key_base64"] is None
+
+
+def test_dead_letter_rejects_bad_base64():
+    entry = {"raw_base64": "not base64!", "topic": "t", "partition": 1, "offset": 3, "reason": "r", "message": "m"}
+
+    with pytest.raises(ValueError, match="raw_base64"):
+        dead_letter_document(entry)
+
+
 def test_dead_letter_rejects_valid_message():
     message = SourceMessage("t", 0, 1, None, b"{}", Record("s", 0, [1.0]), None)
 
@@ -82,5 +99,7 @@ def test_dead_letter_rejects_valid_message():
 def test_dead_letter_rejects_incomplete_entry():
     with pytest.raises(ValueError, match="reason, message"):
         dead_letter_document({"raw": b"x", "topic": "t", "partition": 0, "offset": 1})
+    with pytest.raises(ValueError, match="raw or raw_base64"):
+        dead_letter_document({"topic": "t", "partition": 0, "offset": 1, "reason": "r", "message": "m"})
     with pytest.raises(TypeError, match="original bytes"):
         dead_letter_document({"raw": "x", "topic": "t", "partition": 0, "offset": 1, "reason": "r", "message": "m"})
