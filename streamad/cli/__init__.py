@@ -147,7 +147,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level.upper(), format=LOG_FORMAT, stream=sys.stderr)
     try:
         return int(args.handler(args) or 0)
-    except commands.UsageError as error:
+    except (ValueError, OSError) as error:
+        # Invalid options, missing or malformed files and bundles, and unreachable services at
+        # start-up all end here: one line for the user, the traceback only at DEBUG level.
+        logging.getLogger(__name__).debug("command failed", exc_info=True)
         print(f"streamad {args.command}: error: {error}", file=sys.stderr)
         return 2
 

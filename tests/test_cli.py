@@ -1,0 +1,132 @@
+"""The `streamad` command line on real data: help, train, replay, evaluate, errors, demo."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from shared_data import MACHINE_TEMPERATURE, NAB_WINDOWS, SMAP_MSL, require
+from streamad.cli import build_parser, main
+
+COMMANDS = ["train", "replay", "run", "evaluate", "demo", "select", "benchmark"]
+
+
+def _streamad(*args, timeout=600):
+    return subprocess.run(
+        [sys.executable, "-m", "streamad", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_cli_help_for_every_command(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        build_parser().parse_args([command, "--help"])
+    assert exit_info.value.code == 0
+    assert "usage: streamad " + command in capsys.readouterr().out
+
+
+@pytest.fixture(scope="module")
+def nab_model(tmp_path_factory):
+    data = require(MACHINE_TEMPERATURE)
+    out = tmp_path_factory.mktemp("nab") / "model"
+    code = main(["train", "--data", str(data), "--out", str(out), "--train-fraction", "0.15", "--epochs", "20", "--hidden", "64"])
+    assert code == 0
+    return out
+
+
+def test_cli_replay_writes_scores_and_alerts(nab_model, tmp_path):
+    scores_path = tmp_path / "scores.csv"
+    alerts_path = tmp_path / "alerts.jsonl"
+    code = main(["replay", "--model", str(nab_model), "--data", str(MACHINE_TEMPERATURE), "--scores", str(scores_path), "--alerts", str(alerts_path)])
+    assert code == 0
+
+    with open(scores_path) as handle:
+        rows = list(csv.DictReader(handle))
+    assert list(rows[0]) == ["timestamp", "series", "score", "threshold", "anomaly_probability", "is_alert"]
+    # 22,695 rows, 12 dropped as out of order, the first 31 complete no window of 32.
+    assert len(rows) == 22695 - 12 - 31
+    assert rows[0]["timestamp"] == "2013-12-02T23:50:00Z"
+    assert all(0.0 <= float(row["anomaly_probability"]) <= 1.0 for row in rows)
+    assert any(row["is_alert"] == "1" for row in rows)
+
+    events = [json.loads(line) for line in alerts_path.read_text().splitlines()]
+    assert events
+    assert {event["status"] for event in events} <= {"firing", "update", "resolved"}
+    assert all(event["series"] == "machine_temperature_system_failure" for event in events)
+
+
+def test_cli_evaluate_prints_metrics(nab_model, tmp_path, capsys):
+    metrics_path = tmp_path / "metrics.json"
+    code = main([
+        "evaluate", "--model", str(nab_model), "--data", str(MACHINE_TEMPERATURE), "--labels", str(require(NAB_WINDOWS)),
+        "--score", "likelihood,reconstruction", "--skip-fraction", "0.15", "--json", str(metrics_path),
+    ])
+    assert code == 0
+    output = capsys.readouterr().out
+    assert "ROC-AUC" in output
+    metrics = json.loads(metrics_path.read_text())["scores"]
+    assert set(metrics) == {"likelihood", "reconstruction"}
+    assert 0.5 < metrics["likelihood"]["roc_auc"] <= 1.0
+    assert 0.0 <= metrics["likelihood"]["event_f1"] <= 1.0
+
+
+def test_cli_train_and_evaluate_smap_channel(tmp_path, capsys):
+    train = require(SMAP_MSL / "train" / "A-1.npy")
+    model = tmp_path / "a1"
+    assert main(["train", "--data", str(train), "--out", str(model), "--channels", "0", "--epochs", "5", "--hidden", "32"]) == 0
+    code = main([
+        "evaluate", "--model", str(model), "--data", str(SMAP_MSL / "test" / "A-1.npy"),
+        "--labels", str(SMAP_MSL / "labeled_anomalies.csv"), "--score", "likelihood",
+    ])
+    assert code == 0
+    assert "A-1: 85 anomalous points of 8640" in capsys.readouterr().out
+
+
+def test_cli_missing_model_is_one_clear_line(tmp_path):
+    result = _streamad("replay", "--model", str(tmp_path / "none"), "--data", str(tmp_path / "x.csv"), "--scores", "s.csv", "--alerts", "a.jsonl")
+    assert result.returncode == 2
+    assert "not found; train one with 'streamad train" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_cli_missing_data_file(nab_model, tmp_path):
+    result = _streamad("replay", "--model", str(nab_model), "--data", str(tmp_path / "missing.csv"), "--scores", "s.csv", "--alerts", "a.jsonl")
+    assert result.returncode == 2
+    assert "missing.csv' not found" in result.stderr
+
+
+def test_cli_unknown_score(nab_model, tmp_path):
+    result = _streamad("replay", "--model", str(nab_model), "--data", str(MACHINE_TEMPERATURE), "--scores", str(tmp_path / "s.csv"), "--alerts", str(tmp_path / "a.jsonl"), "--score", "nope")
+    assert result.returncode == 2
+    assert "--score 'nope' is unknown" in result.stderr
+
+
+def test_cli_invalid_train_option(tmp_path):
+    result = _streamad("train", "--data", str(require(MACHINE_TEMPERATURE)), "--out", str(tmp_path / "m"), "--window", "0")
+    assert result.returncode == 2
+    assert "window=0 is invalid" in result.stderr
+
+
+def test_cli_run_needs_alert_destination(nab_model):
+    result = _streamad("run", "--model", str(nab_model), "--bootstrap-servers", "127.0.0.1:9", "--topic", "t", "--group-id", "g")
+    assert result.returncode == 2
+    assert "no alert destination" in result.stderr
+
+
+@pytest.mark.kafka
+def test_cli_demo_end_to_end(kafka_bootstrap, tmp_path):
+    result = _streamad("demo", "--bootstrap-servers", kafka_bootstrap, "--out", str(tmp_path), "--epochs", "100", timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "produced 571 records" in result.stdout
+    assert "consumed 571 records" in result.stdout
+    assert "ALERT firing" in result.stdout
+    events = [json.loads(line) for line in (tmp_path / "alerts.jsonl").read_text().splitlines()]
+    assert any(event["status"] == "firing" for event in events)
+    assert (tmp_path / "model" / "config.json").is_file()
