@@ -135,7 +135,9 @@ def likelihood_terms(
 
     The model runs in eval mode under ``torch.no_grad`` and its training flags are
     restored afterwards. Windows are processed in chunks, and each window's result
-    depends only on that window, so it does not change with the batch or the chunking.
+    depends only on that window. The batch size and the chunking therefore change a result
+    only by rounding: not at all in float64, by about 2e-5 nats for a float32 model whose
+    scores spread over a few nats.
 
     Parameters
     ----------
