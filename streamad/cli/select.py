@@ -6,6 +6,8 @@ import logging
 import math
 from pathlib import Path
 
+import torch
+
 from streamad.bundle import save_bundle
 from streamad.cli.commands import UsageError, _load_data, _parse_channels
 from streamad.training.selection import (
@@ -24,7 +26,7 @@ TABLE_FILE = "selection.csv"
 BEST_DIR = "best"
 MODELS_DIR = "models"
 
-# Short headers for the printed table; the CSV keeps the full column names.
+# Short headers for the printed table. The CSV file keeps the full column names.
 SHORT_HEADERS = {
     "validation_log_likelihood_per_step": "LL/step",
     "standard_error_per_step": "SE/step",
@@ -52,6 +54,7 @@ def add_parser(subparsers) -> None:
             "bundle to OUT/best/."
         ),
     )
+
     parser.add_argument("--data", required=True, nargs="+", help="data file(s): CSV, .npy or JSON lines")
     parser.add_argument(
         "--grid",
@@ -61,6 +64,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--out", required=True, help="output directory for selection.csv, best/ and models/")
     parser.add_argument("--channels", help="comma-separated channels to model: CSV column names, or positions 0,1,... for .npy (default: all numeric columns)")
     parser.add_argument("--train-fraction", type=float, default=1.0, help="fraction of each file, from its start, used for training and validation (default 1.0; NAB's probationary period is 0.15)")
+
     parser.add_argument(
         "--tie-break",
         choices=TIE_BREAKS,
@@ -70,12 +74,22 @@ def add_parser(subparsers) -> None:
     )
     parser.add_argument("--keep-all", action="store_true", help="also save every configuration's bundle to OUT/models/<index>/")
     parser.add_argument("--progress", action="store_true", help="show each configuration's training progress bar")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        help="torch intra-op threads for training and scoring (default: torch's choice, usually one per core); "
+        "1 is often faster for small models on a busy machine",
+    )
     parser.set_defaults(handler=select)
 
 
 def select(args) -> int:
     """Run the grid of ``--grid`` on ``--data``; write the table and the selected bundle to ``--out``."""
     out = Path(args.out)
+    if args.threads is not None:
+        if args.threads < 1:
+            raise UsageError(f"--threads {args.threads} is invalid; use an integer >= 1")
+        torch.set_num_threads(args.threads)
     try:
         grid_file = load_grid(args.grid)
         configurations = grid_configurations(grid_file.grid, grid_file.base, source=f"grid file {args.grid!r}")

@@ -59,8 +59,8 @@ TIE_BREAKS = ("best", "one-se")
 # configurations on different data, so their log-likelihoods would not be comparable.
 FIXED_ONLY_FIELDS = ("validation_fraction", "max_fill")
 
-# The standard error uses at most this many batches of consecutive windows (20 to 30 is the
-# usual choice for batch means), each at least one window long.
+# The standard error uses at most this many batches of consecutive windows, each at least one
+# window long. Batch-means estimators commonly use 20 to 30 batches.
 MAX_BATCHES = 30
 
 RESULT_COLUMNS = (
@@ -278,7 +278,7 @@ def _describe(overrides: dict) -> str:
 def _standard_error(per_step: np.ndarray, window: int) -> float:
     """Estimate the standard error of the mean of per-step log-likelihoods by batch means.
 
-    ``per_step`` holds consecutive sliding windows. They are cut into at most
+    ``per_step`` contains the values of consecutive sliding windows. They are cut into at most
     ``MAX_BATCHES`` batches of at least ``window`` windows each, so that neighbouring
     batches share few time steps. Returns NaN with fewer than two batches.
     """
