@@ -86,6 +86,8 @@ def add_parser(subparsers) -> None:
 def select(args) -> int:
     """Run the grid of ``--grid`` on ``--data``; write the table and the selected bundle to ``--out``."""
     out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {args.out!r} is a file; pass a directory path")
     if args.threads is not None:
         if args.threads < 1:
             raise UsageError(f"--threads {args.threads} is invalid; use an integer >= 1")
@@ -111,7 +113,10 @@ def select(args) -> int:
     write_table_csv(result.table, out / TABLE_FILE)
     version = save_bundle(result.best_bundle, out / BEST_DIR)
     if version != result.best_row["model_version"]:
-        logger.warning("the saved bundle %s has version %s, but the table lists %s", out / BEST_DIR, version, result.best_row["model_version"])
+        logger.warning(
+            "the saved bundle %s has version %s, but %s lists %s for it; saving the same weights gave different bytes",
+            out / BEST_DIR, version, out / TABLE_FILE, result.best_row["model_version"],
+        )
 
     print(format_table(result.table))
     row = result.best_row
@@ -123,11 +128,15 @@ def select(args) -> int:
     return 0
 
 
-def _format_cell(value: object) -> str:
+def _format_cell(name: str, value: object) -> str:
     if isinstance(value, bool):
         return "*" if value else ""
-    if isinstance(value, float):
-        return f"{value:.4f}" if math.isfinite(value) else str(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if name == "training_seconds":
+        return f"{value:.1f}"
+    if isinstance(value, float) and name in SHORT_HEADERS:
+        return f"{value:.4f}"
     return str(value)
 
 
@@ -135,7 +144,7 @@ def format_table(table: list[dict]) -> str:
     """Format the rows of a selection table as aligned text columns, with ``*`` on the selected row."""
     columns = table_columns(table)
     headers = [SHORT_HEADERS.get(name, name) for name in columns]
-    cells = [[_format_cell(row[name]) for name in columns] for row in table]
+    cells = [[_format_cell(name, row[name]) for name in columns] for row in table]
     widths = [max(len(text) for text in [header, *(line[position] for line in cells)]) for position, header in enumerate(headers)]
     lines = ["  ".join(header.rjust(width) for header, width in zip(headers, widths))]
     lines += ["  ".join(text.rjust(width) for text, width in zip(line, widths)) for line in cells]

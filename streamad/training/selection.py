@@ -10,21 +10,27 @@ favour some latent sizes or noise models over others.
 
 The per-step numbers of different configurations are comparable for three reasons:
 
-- Every configuration is validated on the same time span. ``train_bundle`` cuts the
+- Every configuration is validated on the same data. ``train_bundle`` cuts the
   validation part from the end of each series' training span by ``validation_fraction``,
-  independently of ``L``, so ``validation_fraction`` may not vary in a grid. The windows
-  of each configuration lie inside that span, so a longer window has ``L - 1`` fewer
-  windows per series, and steps near the span's edges are covered by fewer windows.
+  independently of ``L``. The windows of each configuration lie inside that span, so a
+  longer window has ``L - 1`` fewer windows per series, and steps near the span's edges
+  are covered by fewer windows. ``validation_fraction`` and ``max_fill`` (which fills
+  gaps and so changes the values) may therefore not vary in a grid.
 - Every configuration is validated in the same units. The log-likelihood is that of
   standardised data, and the scaler is fitted on the same fitting part for every
   configuration, so it is identical across configurations (:func:`select_model` checks
   this). The log-densities therefore differ from those of the raw data by the same
-  constant, the log-determinant of the scaling. ``log p_data(x) = log p_std(x_std) -
+  constant, the log-determinant of the scaling: ``log p_data(x) = log p_std(x_std) -
   L · Σ_c log scale_c`` per window. The table also reports the per-step value in data
   units.
-- Per step means per ``L·C`` values for every configuration, so models of different
-  ``L`` and ``d`` compare as rates. ``max_fill`` changes the validation values (gap
-  filling), so it may not vary in a grid either.
+- Each value is a log-density over the ``L·C`` numbers of a window, whatever the latent
+  size ``d``, so latent sizes compare directly, and dividing by ``L`` gives a rate per
+  time step for comparing window lengths.
+
+NOTE: for a stationary series, the expected ``log p(x_1..L) / L`` of even the true model
+does not decrease with ``L``. It grows when steps depend on earlier ones, because the
+first steps of a window have no context. So the per-step comparison favours longer
+windows by an amount that this module does not estimate.
 
 The standard error of the mean comes from batch means over consecutive validation
 windows, because overlapping windows are correlated. It measures the sampling noise of
