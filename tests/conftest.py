@@ -31,6 +31,12 @@ JOIN_TIMEOUT_S = 30.0
 
 
 def pytest_configure(config):
+    # The test models are small, so on a 2-core machine one torch thread trains them several
+    # times faster than two: handing work between threads costs more than the matrix products.
+    import torch
+
+    torch.set_num_threads(1)
+
     # kafka-python 3.0 loads its protocol schemas with importlib.resources APIs that Python 3.11
     # deprecates, which adds about 200 warnings to every run.
     config.addinivalue_line("filterwarnings", "ignore:read_text is deprecated:DeprecationWarning")
