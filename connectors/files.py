@@ -109,6 +109,8 @@ class JsonLinesSink:
     def __init__(self, path: str | Path, append: bool = True) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        if append:
+            _terminate_partial_line(self.path)
         self._file: IO[str] = open(self.path, "a" if append else "w", encoding="utf-8")
 
     def send(self, items: list[dict]) -> None:
@@ -123,6 +125,25 @@ class JsonLinesSink:
         if not self._file.closed:
             self.flush()
             self._file.close()
+
+
+def _terminate_partial_line(path: Path) -> None:
+    """End a last line that a killed writer left unfinished, so that the next line stays intact.
+
+    The partial line itself stays invalid JSON. Its items were not flushed, so the stream
+    runner sends them again after the restart.
+    """
+    try:
+        with open(path, "rb+") as file:
+            file.seek(0, os.SEEK_END)
+            if file.tell() == 0:
+                return
+            file.seek(-1, os.SEEK_END)
+            if file.read(1) != b"\n":
+                file.write(b"\n")
+                logger.warning("ended a partial last line in %s, left by an earlier crash", path)
+    except FileNotFoundError:
+        return
 
 
 class StdoutSink:

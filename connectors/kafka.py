@@ -146,23 +146,60 @@ class SourceMessage:
     kafka_timestamp_ms: int | None = None
 
 
-class _AssignmentLogger(ConsumerRebalanceListener):
-    def __init__(self, group_id: str) -> None:
-        self._group_id = group_id
+class _RebalanceListener(ConsumerRebalanceListener):
+    """Log partition moves and pass them to the source's rebalance handler, if one is set.
+
+    kafka-python 3.0 calls these methods on its IO thread while the thread that called
+    ``poll()`` or ``close()`` waits, so they must not call blocking consumer methods such
+    as ``commit()``, which raises RuntimeError there. They seek with ``seek()`` and commit
+    with ``commit_async()``, and they catch every error of the handler, because an error
+    that escapes aborts kafka-python's rebalance.
+    """
+
+    def __init__(self, source: KafkaSource) -> None:
+        self._source = source
 
     def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
-        if revoked:
-            logger.info("Kafka partitions revoked: group=%s partitions=%s", self._group_id, _format_partitions(revoked))
+        revoked = list(revoked)
+        if not revoked:
+            return
+        logger.info("Kafka partitions revoked: group=%s partitions=%s", self._source.config.group_id, _format_partitions(revoked))
+        handler = self._source.rebalance_handler
+        if handler is None:
+            return
+        try:
+            offsets = handler.on_revoked([(tp.topic, tp.partition) for tp in revoked])
+            self._source.commit_async(offsets)
+        except Exception:  # noqa: BLE001 - see the class docstring
+            logger.exception("Rebalance handler failed on revocation: partitions=%s", _format_partitions(revoked))
 
     def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
-        logger.info("Kafka partitions assigned: group=%s partitions=%s", self._group_id, _format_partitions(assigned))
+        assigned = list(assigned)
+        logger.info("Kafka partitions assigned: group=%s partitions=%s", self._source.config.group_id, _format_partitions(assigned))
+        handler = self._source.rebalance_handler
+        if handler is None or not assigned:
+            return
+        try:
+            seek_offsets = handler.on_assigned([(tp.topic, tp.partition) for tp in assigned])
+            for (topic, partition), offset in seek_offsets.items():
+                self._source.seek(topic, partition, offset)
+        except Exception:  # noqa: BLE001 - see the class docstring
+            logger.exception("Rebalance handler failed on assignment: partitions=%s", _format_partitions(assigned))
 
     def on_partitions_lost(self, lost: Iterable[TopicPartition]) -> None:
+        lost = list(lost)
         logger.warning(
             "Kafka partitions lost, their uncommitted records will be delivered again: group=%s partitions=%s",
-            self._group_id,
+            self._source.config.group_id,
             _format_partitions(lost),
         )
+        handler = self._source.rebalance_handler
+        if handler is None:
+            return
+        try:
+            handler.on_lost([(tp.topic, tp.partition) for tp in lost])
+        except Exception:  # noqa: BLE001 - see the class docstring
+            logger.exception("Rebalance handler failed on lost partitions: partitions=%s", _format_partitions(lost))
 
 
 class KafkaSource:
@@ -179,6 +216,7 @@ class KafkaSource:
         self._closed = False
         self._buffered: list[SourceMessage] = []
         self._committed: dict[tuple[str, int], int] = {}
+        self.rebalance_handler: Any = None
         try:
             self._consumer = KafkaConsumer(
                 bootstrap_servers=config.bootstrap_servers,
@@ -198,7 +236,7 @@ class KafkaSource:
         for topic in config.topics:
             if not self._consumer.partitions_for_topic(topic):
                 logger.warning("Kafka topic not found, waiting for it to be created: topic=%s", topic)
-        self._consumer.subscribe(list(config.topics), listener=_AssignmentLogger(config.group_id))
+        self._consumer.subscribe(list(config.topics), listener=_RebalanceListener(self))
         logger.info(
             "Kafka source started: bootstrap=%s topics=%s group=%s",
             config.bootstrap_servers,
@@ -253,6 +291,45 @@ class KafkaSource:
         self._committed.update(committed)
         logger.debug("Kafka offsets committed: group=%s offsets=%s", self.config.group_id, _format_offsets(to_commit))
         return committed
+
+    def set_rebalance_handler(self, handler: Any) -> None:
+        """Pass partition moves to ``handler``, e.g. a :class:`~streamad.engine.checkpoint.PartitionCheckpointer`.
+
+        The handler has ``on_assigned(partitions) -> {partition: offset}``, whose offsets
+        the consumer seeks to, ``on_revoked(partitions) -> {partition: offset}``, whose
+        offsets are committed, and ``on_lost(partitions)``. A partition is a
+        ``(topic, partition)`` pair. They are called inside :meth:`poll` and :meth:`close`.
+        """
+        self.rebalance_handler = handler
+
+    def seek(self, topic: str, partition: int, offset: int) -> None:
+        """Make the next fetch of an assigned partition start at ``offset``."""
+        self._consumer.seek(TopicPartition(topic, partition), offset)
+        self._buffered = [m for m in self._buffered if (m.topic, m.partition) != (topic, partition)]
+        logger.info("Kafka partition seek: group=%s partition=%s[%d] offset=%d", self.config.group_id, topic, partition, offset)
+
+    def commit_async(self, offsets: Mapping[Any, int]) -> None:
+        """Send an offset commit without waiting for it; the result is only logged.
+
+        Use it where :meth:`commit` cannot block, such as in a rebalance listener.
+        """
+        next_offsets = _next_offsets(offsets)
+        to_commit = {
+            TopicPartition(topic, partition): OffsetAndMetadata(offset, "", -1)
+            for (topic, partition), offset in next_offsets.items()
+            if offset > self._committed.get((topic, partition), -1)
+        }
+        if not to_commit:
+            return
+
+        def log_result(_offsets, response) -> None:
+            if isinstance(response, Exception):
+                logger.error("Kafka offset commit failed: group=%s offsets=%s error=%r", self.config.group_id, _format_offsets(to_commit), response)
+            else:
+                logger.debug("Kafka offsets committed: group=%s offsets=%s", self.config.group_id, _format_offsets(to_commit))
+
+        self._consumer.commit_async(to_commit, callback=log_result)
+        self._committed.update({(tp.topic, tp.partition): meta.offset for tp, meta in to_commit.items()})
 
     def lag(self) -> dict[tuple[str, int], int]:
         """Return the number of records not yet read per assigned ``(topic, partition)``.

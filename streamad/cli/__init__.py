@@ -86,6 +86,11 @@ def _add_run(subparsers) -> None:
     parser.add_argument("--max-poll-interval-ms", type=int, default=300_000, help="maximum ms between polls before the consumer leaves the group; one batch must be scored within it (default 300000)")
     parser.add_argument("--session-timeout-ms", type=int, default=10_000, help="ms without heartbeat after which the broker drops the consumer from the group (default 10000)")
     parser.add_argument("--heartbeat-interval-ms", type=int, default=3_000, help="ms between consumer heartbeats, at most a third of the session timeout (default 3000)")
+    parser.add_argument("--scores", help="JSON lines file for every scored window (appended, fsynced before each commit)")
+    parser.add_argument("--checkpoint-dir", help="directory for the per-partition state checkpoints; without it a restart loses the open windows and incidents")
+    parser.add_argument("--checkpoint-every-records", type=int, default=1000, help="checkpoint and commit after this many records (default 1000)")
+    parser.add_argument("--checkpoint-interval-s", type=float, default=5.0, help="checkpoint and commit at least every this many seconds while records arrive (default 5)")
+    parser.add_argument("--per-series-threshold", action="store_true", help="one threshold quantile per series instead of one shared by all; makes each series' alerts independent of the other series")
     _add_scoring_options(parser)
     parser.set_defaults(handler=commands.run)
 

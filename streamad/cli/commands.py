@@ -33,6 +33,7 @@ def _engine_config(args, has_clock: bool, score: str | None = None) -> EngineCon
         warmup=getattr(args, "warmup", 0),
         resolve_after=getattr(args, "resolve_after", 3),
         has_clock=has_clock,
+        per_series_threshold=getattr(args, "per_series_threshold", False),
     )
 
 
@@ -164,19 +165,23 @@ def _install_stop_handlers(stop: threading.Event) -> None:
 
 def run(args) -> int:
     """Run the Kafka consumer daemon until SIGINT or SIGTERM."""
-    from streamad.cli.daemon import build_daemon
+    from streamad.cli.daemon import build_checkpointer, build_daemon
 
     bundle = load_bundle(args.model)
     engine = StreamEngine(bundle, _engine_config(args, has_clock=True))
-    source, alert_sinks, dead_letter_sinks = build_daemon(args)
+    checkpointer = build_checkpointer(args, engine)
+    source, alert_sinks, dead_letter_sinks, point_sinks = build_daemon(args)
     stop = threading.Event()
     _install_stop_handlers(stop)
     logger.info("consuming %s as group %s with model %s", ",".join(args.topic), args.group_id, bundle.version)
     try:
-        stats = run_stream(engine, source, alert_sinks, dead_letter_sinks=dead_letter_sinks, stop=stop)
+        stats = run_stream(
+            engine, source, alert_sinks,
+            dead_letter_sinks=dead_letter_sinks, point_sinks=point_sinks, stop=stop, checkpointer=checkpointer,
+        )
     finally:
         source.close()
-        for sink in alert_sinks + dead_letter_sinks:
+        for sink in alert_sinks + dead_letter_sinks + point_sinks:
             sink.close()
     logger.info(
         "stopped after %d records: %d windows scored, %d events, dead letters %s",

@@ -7,8 +7,29 @@ import logging
 logger = logging.getLogger(__name__)
 
 
+def build_checkpointer(args, engine):
+    """Return the partition checkpointer of ``--checkpoint-dir``, or None when it is not given."""
+    from streamad.cli.commands import UsageError
+    from streamad.engine.checkpoint import CheckpointStore, PartitionCheckpointer
+
+    if args.checkpoint_every_records < 1:
+        raise UsageError(f"--checkpoint-every-records {args.checkpoint_every_records} is invalid; use a count >= 1")
+    if not args.checkpoint_interval_s > 0:
+        raise UsageError(f"--checkpoint-interval-s {args.checkpoint_interval_s} is invalid; use seconds > 0")
+    if not args.checkpoint_dir:
+        logger.warning("no --checkpoint-dir: after a restart or a rebalance, windows and incidents start empty")
+        return None
+    store = CheckpointStore(args.checkpoint_dir)
+    logger.info(
+        "checkpoints in %s every %d records or %g s", store.directory, args.checkpoint_every_records, args.checkpoint_interval_s
+    )
+    return PartitionCheckpointer(
+        engine, store, every_records=args.checkpoint_every_records, interval_s=args.checkpoint_interval_s
+    )
+
+
 def build_daemon(args) -> tuple:
-    """Return ``(source, alert_sinks, dead_letter_sinks)`` for the parsed ``run`` arguments.
+    """Return ``(source, alert_sinks, dead_letter_sinks, point_sinks)`` for the parsed ``run`` arguments.
 
     At least one alert destination is required, so that alerts never go nowhere.
     """
@@ -22,6 +43,7 @@ def build_daemon(args) -> tuple:
 
     alert_sinks: list = []
     dead_letter_sinks: list = []
+    point_sinks: list = []
     if args.stdout:
         alert_sinks.append(StdoutSink())
     if args.alerts:
@@ -34,6 +56,8 @@ def build_daemon(args) -> tuple:
         dead_letter_sinks.append(JsonLinesSink(args.dead_letter))
     if args.dead_letter_topic:
         dead_letter_sinks.append(KafkaDeadLetterSink(args.bootstrap_servers, args.dead_letter_topic))
+    if args.scores:
+        point_sinks.append(JsonLinesSink(args.scores))
     if not dead_letter_sinks:
         logger.warning("no --dead-letter or --dead-letter-topic: unusable records are only logged")
 
@@ -46,4 +70,4 @@ def build_daemon(args) -> tuple:
         session_timeout_ms=args.session_timeout_ms,
         heartbeat_interval_ms=args.heartbeat_interval_ms,
     )
-    return KafkaSource(config), alert_sinks, dead_letter_sinks
+    return KafkaSource(config), alert_sinks, dead_letter_sinks, point_sinks

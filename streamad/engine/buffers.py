@@ -40,6 +40,9 @@ class SeriesBuffers:
         self.series_ids: list[str] = []
         self._allocate(capacity)
 
+    # Names of the per-row arrays, in the order of their allocation.
+    STATE_ARRAYS = ("values", "seen", "last_timestamp", "last_value", "nan_run", "last_invalid")
+
     def _allocate(self, capacity: int) -> None:
         self.values = np.zeros((capacity, self.window, self.channels), dtype=np.float32)
         self.seen = np.zeros(capacity, dtype=np.int64)
@@ -97,3 +100,30 @@ class SeriesBuffers:
         """Return the newest window of row ``slot`` in time order, shape ``(L, C)``."""
         order = (self.seen[slot] + np.arange(self.window)) % self.window
         return self.values[slot, order]
+
+    def export_rows(self, slots: list[int]) -> dict[str, np.ndarray]:
+        """Return copies of the rows ``slots`` of every state array, keyed by array name."""
+        return {name: getattr(self, name)[slots].copy() for name in self.STATE_ARRAYS}
+
+    def import_rows(self, slots: list[int], arrays: dict[str, np.ndarray]) -> None:
+        """Overwrite the rows ``slots`` with arrays from :meth:`export_rows`.
+
+        Raises ValueError when an array's shape does not fit, e.g. a checkpoint written
+        for another window length or channel count.
+        """
+        for name in self.STATE_ARRAYS:
+            target = getattr(self, name)
+            source = arrays[name]
+            expected = (len(slots),) + target.shape[1:]
+            if source.shape != expected:
+                raise ValueError(f"buffer state {name!r} has shape {source.shape}, expected {expected}")
+            target[slots] = source
+
+    def reset_rows(self, slots: list[int]) -> None:
+        """Return the rows ``slots`` to the state of a series that has no point yet."""
+        self.values[slots] = 0.0
+        self.seen[slots] = 0
+        self.last_timestamp[slots] = NO_TIMESTAMP
+        self.last_value[slots] = np.nan
+        self.nan_run[slots] = 0
+        self.last_invalid[slots] = -1

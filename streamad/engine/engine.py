@@ -47,6 +47,10 @@ class EngineConfig:
         True when timestamps are epoch milliseconds; False for step indexes.
     seed
         Seed of the samples drawn by the ``elbo`` and ``importance`` scores.
+    per_series_threshold
+        One threshold quantile per series (True) or one shared by all series (False).
+        Only per-series thresholds make a series' results independent of how its
+        records interleave with other series' records, e.g. across Kafka partitions.
     """
 
     score: str = "likelihood"
@@ -58,6 +62,7 @@ class EngineConfig:
     top_channels: int = 3
     has_clock: bool = True
     seed: int = 0
+    per_series_threshold: bool = False
 
 
 @dataclass
@@ -79,6 +84,19 @@ class Rejection:
     index: int
     reason: str
     message: str
+
+
+@dataclass
+class EngineState:
+    """The state of a set of series, from :meth:`StreamEngine.snapshot`.
+
+    ``meta`` is JSON-serialisable: the series ids, the alert ids of their open incidents
+    and the settings the state depends on. ``arrays`` maps names to NumPy arrays with
+    one row per series, except ``threshold.windows`` and ``threshold.shared_window``.
+    """
+
+    meta: dict
+    arrays: dict[str, np.ndarray]
 
 
 @dataclass
@@ -124,7 +142,12 @@ class StreamEngine:
         self.model = bundle.model.eval()
         self.channel_names = bundle.channels
         self.buffers = SeriesBuffers(bundle.window, len(self.channel_names), bundle.stride, bundle.max_fill)
-        self.threshold = AdaptiveThreshold(reference, level=self.config.threshold_level, warmup=self.config.warmup)
+        self.threshold = AdaptiveThreshold(
+            reference,
+            level=self.config.threshold_level,
+            warmup=self.config.warmup,
+            per_series=self.config.per_series_threshold,
+        )
         self.calibrator = ScoreCalibrator(reference)
         self.incidents = IncidentTracker(bundle.version, self.config.resolve_after, self.config.update_every)
         self.generator = torch.Generator().manual_seed(self.config.seed)
@@ -191,6 +214,77 @@ class StreamEngine:
         self.stats["alerts"] += sum(point.is_alert for point in points)
         return EngineResult(points, events, rejected)
 
+    def snapshot(self, series_ids: Sequence[str], include_shared_threshold: bool = True) -> EngineState:
+        """Return a copy of the state of ``series_ids``: window buffers, open incidents and thresholds.
+
+        A series the engine has not seen gets the state of a new series. The shared
+        threshold quantile, used when ``per_series_threshold`` is False, is included when
+        ``include_shared_threshold`` is True. The state of the ``elbo`` and ``importance``
+        samplers is not included.
+        """
+        series_ids = list(series_ids)
+        slots = [self.buffers.slot(series) for series in series_ids]
+        arrays = {f"buffers.{name}": array for name, array in self.buffers.export_rows(slots).items()}
+        incident_arrays, alert_ids = self.incidents.export_rows(slots)
+        arrays.update({f"incidents.{name}": array for name, array in incident_arrays.items()})
+        threshold_arrays = self.threshold.export_state(series_ids, include_shared=include_shared_threshold)
+        arrays.update({f"threshold.{name}": array for name, array in threshold_arrays.items()})
+        meta = {
+            "series": series_ids,
+            "alert_ids": alert_ids,
+            "model_version": self.bundle.version,
+            "window": self.bundle.window,
+            "channels": len(self.channel_names),
+            "stride": self.bundle.stride,
+            "score": self.config.score,
+            "threshold_level": self.config.threshold_level,
+            "per_series_threshold": self.config.per_series_threshold,
+        }
+        return EngineState(meta, arrays)
+
+    def restore(self, state: EngineState, include_shared_threshold: bool = True) -> None:
+        """Replace the state of the series in ``state`` with it; other series are unchanged.
+
+        The shared threshold quantile is replaced too when ``include_shared_threshold`` is
+        True and ``state`` contains it. Raises ValueError, before changing anything, when
+        the state was saved with another window, stride, channel count, score, threshold
+        level or threshold mode. State saved with another model version is restored with a
+        warning, because its buffers and incidents still apply.
+        """
+        meta = state.meta
+        expected = self.snapshot([]).meta
+        for key in ("window", "channels", "stride", "score", "threshold_level", "per_series_threshold"):
+            if meta.get(key) != expected[key]:
+                raise ValueError(
+                    f"saved engine state has {key}={meta.get(key)!r}, and this engine has {expected[key]!r}; "
+                    "restart with the same model and options, or delete the checkpoints"
+                )
+        if meta["model_version"] != self.bundle.version:
+            logger.warning(
+                "restoring state saved with model %s into model %s", meta["model_version"], self.bundle.version
+            )
+
+        series_ids = list(meta["series"])
+        slots = [self.buffers.slot(series) for series in series_ids]
+        buffer_arrays = _strip_prefix(state.arrays, "buffers.")
+        incident_arrays = _strip_prefix(state.arrays, "incidents.")
+        threshold_arrays = _strip_prefix(state.arrays, "threshold.")
+        self.buffers.import_rows(slots, buffer_arrays)
+        self.incidents.import_rows(slots, incident_arrays, list(meta["alert_ids"]))
+        self.threshold.import_state(series_ids, threshold_arrays, include_shared=include_shared_threshold)
+
+    def forget(self, series_ids: Sequence[str]) -> None:
+        """Reset the state of ``series_ids`` to that of unseen series, e.g. when their partition moves away.
+
+        Open incidents of these series are dropped without a ``resolved`` event. The
+        shared threshold quantile is kept.
+        """
+        series_ids = [series for series in series_ids if series in self.buffers.slots]
+        slots = [self.buffers.slots[series] for series in series_ids]
+        self.buffers.reset_rows(slots)
+        self.incidents.reset_rows(slots)
+        self.threshold.forget(series_ids)
+
     def _score(self, batch: torch.Tensor) -> np.ndarray:
         options = dict(self.config.score_options)
         if self.config.score in STOCHASTIC_SCORES:
@@ -244,3 +338,7 @@ class StreamEngine:
             "model_version": self.bundle.version,
             "channels": channels,
         }
+
+
+def _strip_prefix(arrays: dict[str, np.ndarray], prefix: str) -> dict[str, np.ndarray]:
+    return {name[len(prefix) :]: array for name, array in arrays.items() if name.startswith(prefix)}

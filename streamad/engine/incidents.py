@@ -68,6 +68,9 @@ class IncidentTracker:
         self._allocate(capacity)
         self.alert_ids: dict[int, str] = {}
 
+    # Names of the per-row arrays; ``alert_ids`` contains the ids of the open incidents.
+    STATE_ARRAYS = ("start", "last_alert", "peak", "reported_peak", "sequence", "quiet", "alerts_since_event")
+
     def _allocate(self, capacity: int) -> None:
         self.start = np.full(capacity, NO_TIMESTAMP, dtype=np.int64)
         self.last_alert = np.full(capacity, NO_TIMESTAMP, dtype=np.int64)
@@ -86,6 +89,42 @@ class IncidentTracker:
         new = (self.start, self.last_alert, self.peak, self.reported_peak, self.sequence, self.quiet, self.alerts_since_event)
         for target, source in zip(new, old):
             target[:capacity] = source
+
+    def export_rows(self, slots: list[int]) -> tuple[dict[str, np.ndarray], list[str | None]]:
+        """Return copies of the rows ``slots`` and the alert id of each row's open incident, or None."""
+        if slots:
+            self._ensure(max(slots))
+        arrays = {name: getattr(self, name)[slots].copy() for name in self.STATE_ARRAYS}
+        return arrays, [self.alert_ids.get(slot) for slot in slots]
+
+    def import_rows(self, slots: list[int], arrays: dict[str, np.ndarray], alert_ids: list[str | None]) -> None:
+        """Overwrite the rows ``slots`` with the output of :meth:`export_rows`."""
+        if slots:
+            self._ensure(max(slots))
+        for name in self.STATE_ARRAYS:
+            source = arrays[name]
+            if source.shape != (len(slots),):
+                raise ValueError(f"incident state {name!r} has shape {source.shape}, expected {(len(slots),)}")
+            getattr(self, name)[slots] = source
+        for slot, alert_id in zip(slots, alert_ids):
+            if alert_id is None:
+                self.alert_ids.pop(slot, None)
+            else:
+                self.alert_ids[slot] = alert_id
+
+    def reset_rows(self, slots: list[int]) -> None:
+        """Close the rows ``slots`` without an event, as for a series that was never seen."""
+        if slots:
+            self._ensure(max(slots))
+        self.start[slots] = NO_TIMESTAMP
+        self.last_alert[slots] = NO_TIMESTAMP
+        self.peak[slots] = -np.inf
+        self.reported_peak[slots] = -np.inf
+        self.sequence[slots] = 0
+        self.quiet[slots] = 0
+        self.alerts_since_event[slots] = 0
+        for slot in slots:
+            self.alert_ids.pop(slot, None)
 
     def is_open(self, slot: int) -> bool:
         return slot < len(self.start) and self.start[slot] != NO_TIMESTAMP

@@ -9,6 +9,12 @@ or None) and ``error`` (an :class:`~streamad.records.InvalidRecord` or None). A 
 Offsets are committed only after the alert and dead-letter sinks have flushed the
 results of the polled messages, so a crash re-delivers records whose alerts may not have
 been delivered (at-least-once).
+
+With a :class:`~streamad.engine.checkpoint.PartitionCheckpointer`, offsets are committed
+only after a checkpoint, every N records or T seconds and when the loop ends: sinks
+flushed, then checkpoint files written, then offsets committed. A source that has
+``set_rebalance_handler(handler)`` gets the checkpointer, to restore the state of
+assigned partitions and to checkpoint revoked ones.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Protocol, Sequence
 
+from streamad.engine.checkpoint import PartitionCheckpointer
 from streamad.engine.engine import ScoredPoint, StreamEngine
 
 logger = logging.getLogger(__name__)
@@ -65,40 +72,93 @@ def dead_letter_entry(message, reason: str, detail: str) -> dict:
     }
 
 
+def point_document(point: ScoredPoint) -> dict:
+    """Return the JSON object of a scored point; ``timestamp`` is as in the record (epoch ms or step)."""
+    return {
+        "series": point.series,
+        "timestamp": point.timestamp,
+        "score": point.score,
+        "threshold": point.threshold,
+        "anomaly_probability": point.anomaly_probability,
+        "is_alert": point.is_alert,
+    }
+
+
 def run_stream(
     engine: StreamEngine,
     source: Source,
     alert_sinks: Iterable[Sink],
     *,
     dead_letter_sinks: Iterable[Sink] = (),
+    point_sinks: Iterable[Sink] = (),
     stop: threading.Event | None = None,
     until: Callable[[], bool] | None = None,
     on_points: Callable[[list[ScoredPoint]], None] | None = None,
+    checkpointer: PartitionCheckpointer | None = None,
 ) -> RunStats:
     """Run the loop until ``stop`` is set or ``until()`` returns True after a batch.
 
-    Every batch is handed to the sinks and flushed before its offsets are committed. On
-    exit the sinks are flushed; the source and sinks are left open for the caller to close.
+    Every batch is handed to the sinks and flushed before its offsets are committed.
+    ``point_sinks`` receive every scored point as a dict. Without ``checkpointer`` the
+    offsets of every batch are committed after it. With one, they are committed after each
+    checkpoint and once more when the loop ends. On exit the sinks are flushed; the source
+    and sinks are left open for the caller to close.
     """
     stop = stop or threading.Event()
     alert_sinks = list(alert_sinks)
     dead_letter_sinks = list(dead_letter_sinks)
+    point_sinks = list(point_sinks)
     stats = RunStats()
+    if checkpointer is not None:
+        set_handler = getattr(source, "set_rebalance_handler", None)
+        if set_handler is not None:
+            set_handler(checkpointer)
 
     while not stop.is_set():
         messages = source.poll()
         if messages:
-            _process_batch(engine, messages, alert_sinks, dead_letter_sinks, stats, on_points)
-            source.commit(messages)
+            try:
+                _process_batch(engine, messages, alert_sinks, dead_letter_sinks, point_sinks, stats, on_points)
+            except BaseException as error:
+                if checkpointer is not None:
+                    checkpointer.disable(f"a batch failed after it changed the engine state: {error!r}")
+                raise
+            if checkpointer is None:
+                _commit(source, messages)
+            else:
+                checkpointer.record(messages)
+        # Checked after empty polls too, so the last records of a stream that went quiet
+        # are checkpointed and committed within interval_s.
+        if checkpointer is not None and checkpointer.due():
+            _checkpoint_and_commit(checkpointer, source)
         if until is not None and until():
             break
 
-    for sink in alert_sinks + dead_letter_sinks:
+    for sink in alert_sinks + dead_letter_sinks + point_sinks:
         sink.flush()
+    if checkpointer is not None:
+        _checkpoint_and_commit(checkpointer, source)
     return stats
 
 
-def _process_batch(engine, messages, alert_sinks, dead_letter_sinks, stats: RunStats, on_points) -> None:
+def _checkpoint_and_commit(checkpointer: PartitionCheckpointer, source: Source) -> None:
+    """Write the checkpoints, then commit their offsets, so a commit never gets ahead of a checkpoint."""
+    offsets = checkpointer.checkpoint()
+    if offsets:
+        _commit(source, offsets)
+
+
+def _commit(source: Source, messages_or_offsets) -> None:
+    try:
+        source.commit(messages_or_offsets)
+    except Exception as error:  # noqa: BLE001 - a failed commit loses no record, see below
+        # Typically the group rebalanced since the poll. The partition's next owner resumes
+        # after its checkpoint, or at the last committed offset and so reads these records
+        # again: at least once either way.
+        logger.error("offset commit failed, continuing: error=%r", error)
+
+
+def _process_batch(engine, messages, alert_sinks, dead_letter_sinks, point_sinks, stats: RunStats, on_points) -> None:
     started = time.monotonic()
     dead_letters: list[dict] = []
     usable = []
@@ -125,7 +185,11 @@ def _process_batch(engine, messages, alert_sinks, dead_letter_sinks, stats: RunS
     if result.events:
         for sink in alert_sinks:
             sink.send(result.events)
-    for sink in alert_sinks + dead_letter_sinks:
+    if result.points:
+        documents = [point_document(point) for point in result.points]
+        for sink in point_sinks:
+            sink.send(documents)
+    for sink in alert_sinks + dead_letter_sinks + point_sinks:
         sink.flush()
 
     if on_points is not None and result.points:

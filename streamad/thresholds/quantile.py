@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import copy
+from collections import deque
 
 import numpy as np
 from river import stats
@@ -76,18 +76,31 @@ class AdaptiveThreshold:
         self.warmup = int(warmup)
         self.window_size = int(window_size)
         self.per_series = per_series
-        self._seed = stats.RollingQuantile(q=self.level, window_size=self.window_size)
-        for score in reference[-self.window_size :]:
-            self._seed.update(float(score))
+        self._seed_scores = reference[-self.window_size :].copy()
         self._quantiles: dict[str, stats.RollingQuantile] = {}
+        # river's RollingQuantile keeps its window in Rust and cannot export it, so each
+        # quantile's window is mirrored here for checkpoints.
+        self._windows: dict[str, deque] = {}
         self._counts: dict[str, int] = {}
 
+    def _key(self, series: str) -> str:
+        return series if self.per_series else SHARED_KEY
+
     def _quantile(self, series: str) -> stats.RollingQuantile:
-        key = series if self.per_series else SHARED_KEY
+        key = self._key(series)
         quantile = self._quantiles.get(key)
         if quantile is None:
-            quantile = copy.deepcopy(self._seed)
-            self._quantiles[key] = quantile
+            quantile = self._load_window(key, self._seed_scores)
+        return quantile
+
+    def _load_window(self, key: str, scores: np.ndarray) -> stats.RollingQuantile:
+        quantile = stats.RollingQuantile(q=self.level, window_size=self.window_size)
+        window: deque = deque(maxlen=self.window_size)
+        for score in scores[-self.window_size :]:
+            quantile.update(float(score))
+            window.append(float(score))
+        self._quantiles[key] = quantile
+        self._windows[key] = window
         return quantile
 
     def current(self, series: str) -> float:
@@ -110,4 +123,61 @@ class AdaptiveThreshold:
         is_alert = count >= self.warmup and score > threshold
         if not is_alert:
             quantile.update(float(score))
+            self._windows[self._key(series)].append(float(score))
         return bool(is_alert), threshold
+
+    def export_state(self, series_ids: list[str], include_shared: bool = True) -> dict[str, np.ndarray]:
+        """Return the state of ``series_ids`` as arrays, for :meth:`import_state`.
+
+        ``counts`` is the number of scores seen per series (for the warm-up). With
+        ``per_series=True`` the windows of the series' quantiles are concatenated in
+        ``windows`` with their lengths in ``window_lengths``. The shared quantile's window is
+        ``shared_window`` when ``per_series=False`` and ``include_shared`` is True.
+        """
+        arrays = {"counts": np.array([self._counts.get(series, 0) for series in series_ids], dtype=np.int64)}
+        if self.per_series:
+            windows = [self._window_scores(series) for series in series_ids]
+            arrays["window_lengths"] = np.array([len(window) for window in windows], dtype=np.int64)
+            arrays["windows"] = np.concatenate(windows) if windows else np.zeros(0)
+        elif include_shared:
+            arrays["shared_window"] = self._window_scores(SHARED_KEY)
+        return arrays
+
+    def import_state(self, series_ids: list[str], arrays: dict[str, np.ndarray], include_shared: bool = True) -> None:
+        """Replace the state of ``series_ids`` with arrays from :meth:`export_state`.
+
+        Raises ValueError when the arrays were exported with another ``per_series`` setting.
+        """
+        counts = arrays["counts"]
+        if len(counts) != len(series_ids):
+            raise ValueError(f"threshold state has {len(counts)} series counts for {len(series_ids)} series")
+        if self.per_series != ("windows" in arrays):
+            raise ValueError(
+                f"threshold state was saved with per-series thresholds {'on' if 'windows' in arrays else 'off'}, "
+                f"and this engine has them {'on' if self.per_series else 'off'}; use the same setting or delete the checkpoints"
+            )
+        for series, count in zip(series_ids, counts):
+            self._counts[series] = int(count)
+        if self.per_series:
+            ends = np.cumsum(arrays["window_lengths"])
+            for series, start, end in zip(series_ids, ends - arrays["window_lengths"], ends):
+                self._load_window(series, np.asarray(arrays["windows"][start:end], dtype=np.float64))
+        elif include_shared and "shared_window" in arrays:
+            self._load_window(SHARED_KEY, np.asarray(arrays["shared_window"], dtype=np.float64))
+
+    def forget(self, series_ids: list[str]) -> None:
+        """Drop the state of ``series_ids``; a later score of one starts from the seed again.
+
+        The shared quantile is kept, because other series use it.
+        """
+        for series in series_ids:
+            self._counts.pop(series, None)
+            if self.per_series:
+                self._quantiles.pop(series, None)
+                self._windows.pop(series, None)
+
+    def _window_scores(self, key: str) -> np.ndarray:
+        window = self._windows.get(key)
+        if window is None:
+            return self._seed_scores.copy()
+        return np.fromiter(window, dtype=np.float64, count=len(window))
