@@ -33,12 +33,26 @@ def test_threshold_follows_recent_normal_scores():
     assert threshold.current("quiet") < 0.3
 
 
-def test_threshold_alerting_scores_do_not_raise_it():
+def test_threshold_rises_with_a_noisier_stream():
     threshold = AdaptiveThreshold(np.linspace(0.0, 1.0, 500), level=0.99, window_size=500)
+    for score in np.linspace(0.0, 3.0, 1000):
+        threshold.update("s", float(score))
+    assert threshold.current("s") > 2.9
+
+
+def test_threshold_short_incident_barely_moves_it():
+    threshold = AdaptiveThreshold(np.linspace(0.0, 1.0, 5000), level=0.999, window_size=5000)
     before = threshold.current("s")
-    for _ in range(400):
-        assert threshold.update("s", 50.0)[0]
-    assert threshold.current("s") == before
+    decisions = [threshold.update("s", 50.0)[0] for _ in range(4)]
+    assert decisions == [True, True, True, True]
+    assert threshold.current("s") < 1.01
+    assert threshold.current("s") >= before
+
+
+def test_threshold_ties_do_not_alert():
+    threshold = AdaptiveThreshold(np.full(100, 12.129488), level=0.999)
+    assert not threshold.update("s", 12.129530)[0]
+    assert threshold.update("s", 12.2)[0]
 
 
 def test_threshold_shared_across_series_by_default():

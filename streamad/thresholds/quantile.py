@@ -9,15 +9,25 @@ from river import stats
 
 SHARED_KEY = "*"
 
+# Relative difference below which a score counts as equal to the threshold.
+TIE_TOLERANCE = 1e-4
+
 
 class AdaptiveThreshold:
-    """An exact rolling quantile of recent normal scores, usable from the first window.
+    """An exact rolling quantile of recent scores, usable from the first window.
 
     A river ``stats.RollingQuantile`` over the last ``window_size`` scores is first fed
     the reference scores, so the threshold before any data is the reference's empirical
-    quantile at ``level``. Afterwards every score that does not alert is added, and the
-    oldest one drops out. Alerting scores are not added, so a long incident does not
-    raise its own threshold and hide its second half.
+    quantile at ``level``. Afterwards every finite score is added and the oldest one drops
+    out, so the threshold follows the live score distribution: it rises when the stream
+    is noisier than the validation data and falls when it is calmer. An incident longer
+    than about ``(1 - level) * window_size`` windows raises the threshold too, which can
+    hide an incident that follows soon after.
+
+    A score alerts when it exceeds the threshold by more than a relative ``1e-4``. Scores
+    are computed in float32, and windows with the same content can differ by about
+    ``1e-5`` relative, so smaller differences are ties (e.g. a constant channel scores the
+    same value everywhere).
 
     By default one quantile serves all series, which suits one model scoring many
     series: its score is a log-density on one scale, and the state does not grow with the
@@ -35,7 +45,7 @@ class AdaptiveThreshold:
         Number of scores per series that update the quantile but never alert. Default 0,
         since the seed makes the threshold usable from the first window.
     window_size
-        Number of most recent normal scores the quantile is computed over. Default 5000.
+        Number of most recent scores the quantile is computed over. Default 5000.
     per_series
         One quantile per series (True) or one shared by all series (False, default).
 
@@ -48,9 +58,6 @@ class AdaptiveThreshold:
     True
     >>> threshold.update("pump-1", 1.0)[0]
     False
-
-    NOTE: a series whose normal scores rise for good (a new regime) alerts until the
-    model is retrained, because its alerting scores never enter the quantile.
     """
 
     def __init__(
@@ -120,10 +127,10 @@ class AdaptiveThreshold:
 
         count = self._counts.get(series, 0)
         self._counts[series] = count + 1
-        is_alert = count >= self.warmup and score > threshold
-        if not is_alert:
-            quantile.update(float(score))
-            self._windows[self._key(series)].append(float(score))
+        margin = TIE_TOLERANCE * max(1.0, abs(threshold))
+        is_alert = count >= self.warmup and score > threshold + margin
+        quantile.update(float(score))
+        self._windows[self._key(series)].append(float(score))
         return bool(is_alert), threshold
 
     def export_state(self, series_ids: list[str], include_shared: bool = True) -> dict[str, np.ndarray]:
