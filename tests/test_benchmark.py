@@ -91,6 +91,7 @@ def test_nab_summary_has_metrics_per_score(nab_results):
         assert 0.0 <= float(row["roc_auc"]) <= 1.0
         assert 0.0 <= float(row["pr_auc"]) <= 1.0
         assert int(row["events"]) == 1
+        assert 0.0 <= float(row["alert_fraction"]) <= 1.0
 
     document = json.loads((nab_results / "summary.json").read_text())
     assert set(document["summary"]) == set(SCORE_NAMES)
@@ -151,7 +152,7 @@ def test_smap_msl_report_fields(tmp_path, capsys):
         assert row["events"] == 2
         assert row["anomalous_points"] == 201 + 111
         assert row["false_positive_runs"] <= row["alert_runs"]
-        for key in ("event_precision", "event_recall", "event_f1", "best_point_f1", "roc_auc", "pr_auc"):
+        for key in ("alert_fraction", "event_precision", "event_recall", "event_f1", "best_point_f1", "roc_auc", "pr_auc"):
             assert row[key] is None or 0.0 <= row[key] <= 1.0, key
         assert 0.0 <= row["roc_auc"] <= 1.0
 

@@ -54,6 +54,7 @@ SUMMARY_COLUMNS = (
     "roc_auc",
     "pr_auc",
     "best_point_f1",
+    "alert_fraction",
     "event_precision",
     "event_recall",
     "event_f1",
@@ -393,9 +394,10 @@ def format_summary(document: dict) -> str:
     """Format the summary of :func:`run_nab` as a table with one line per score.
 
     The means are over the files where a metric is defined, with that number of files in
-    brackets. The pooled event columns sum events and false-alarm runs over all files.
+    brackets. ``alerting`` is the mean share of rows that alert. The pooled event columns
+    sum events and false-alarm runs over all files.
     """
-    headers = ("score", "detector", "ROC-AUC", "PR-AUC", "best F1", "event F1", "pooled P", "pooled R", "pooled F1", "scoring s")
+    headers = ("score", "detector", "ROC-AUC", "PR-AUC", "best F1", "event F1", "alerting", "pooled P", "pooled R", "pooled F1", "scoring s")
     table_rows = []
     for name, summary in document["summary"].items():
         pooled = summary["pooled_events"]
@@ -407,6 +409,7 @@ def format_summary(document: dict) -> str:
                 f"{summary['mean_pr_auc']:.3f} ({summary['count_pr_auc']})",
                 f"{summary['mean_best_point_f1']:.3f} ({summary['count_best_point_f1']})",
                 f"{summary['mean_event_f1']:.3f} ({summary['count_event_f1']})",
+                summary["mean_alert_fraction"],
                 pooled["precision"],
                 pooled["recall"],
                 pooled["f1"],

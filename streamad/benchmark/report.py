@@ -16,7 +16,7 @@ import numpy as np
 
 from streamad.benchmark.scoring import EVENT_COUNT_KEYS
 
-METRIC_KEYS = ("roc_auc", "pr_auc", "best_point_f1", "event_precision", "event_recall", "event_f1")
+METRIC_KEYS = ("roc_auc", "pr_auc", "best_point_f1", "event_precision", "event_recall", "event_f1", "alert_fraction")
 
 
 def pooled_event_metrics(rows: Iterable[dict]) -> dict:

@@ -59,7 +59,7 @@ def replay_scores(
 
     Each batch of rows is built once and handed to every engine, so the scores share the
     cost of reading and windowing, and each engine keeps its own threshold and incidents
-    exactly as ``streamad replay --score NAME`` would.
+    as ``streamad replay --score NAME`` does.
     """
     engines = {
         name: StreamEngine(
@@ -108,13 +108,22 @@ def detection_metrics(scored: ScoredRows, labels: np.ndarray, evaluated: np.ndar
     metrics and counts come from the engine's alerts, as
     :func:`streamad.evaluation.event_metrics` defines them. A metric that is undefined on
     these rows (ROC-AUC without anomalous points, recall without events) is NaN.
+
+    ``alert_fraction`` is the share of rows that alert. Read the event metrics with it,
+    because one alert run over the whole series counts as a detection of every event it
+    covers and as no false positive.
     """
     keep = evaluated & np.isfinite(scored.score)
     scores = scored.score[keep]
     truth = np.asarray(labels, dtype=bool)[keep]
     anomalous = int(truth.sum())
 
-    metrics: dict = {"points": int(keep.sum()), "anomalous_points": anomalous}
+    alerts = scored.alert[keep]
+    metrics: dict = {
+        "points": int(keep.sum()),
+        "anomalous_points": anomalous,
+        "alert_fraction": float(alerts.mean()) if len(alerts) else math.nan,
+    }
     if 0 < anomalous < len(truth):
         best = best_f1(scores, truth)
         metrics.update(
@@ -129,7 +138,7 @@ def detection_metrics(scored: ScoredRows, labels: np.ndarray, evaluated: np.ndar
             roc_auc=math.nan, pr_auc=math.nan, best_point_f1=math.nan, best_point_precision=math.nan, best_point_recall=math.nan
         )
 
-    events = event_metrics(scored.alert[keep], truth)
+    events = event_metrics(alerts, truth)
     metrics.update(
         event_precision=events["precision"],
         event_recall=events["recall"],

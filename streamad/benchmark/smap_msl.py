@@ -45,6 +45,7 @@ REPORT_COLUMNS = (
     "detected_events",
     "alert_runs",
     "false_positive_runs",
+    "alert_fraction",
     "event_precision",
     "event_recall",
     "event_f1",
@@ -196,8 +197,11 @@ def run_smap_msl(data_dir: Path, channels: Sequence[str] | None, options: SmapMs
 
 
 def format_report(document: dict) -> str:
-    """Format a report from :func:`run_smap_msl` as one table per score, with the mean and pooled rows."""
-    headers = ("channel", "events", "detected", "false pos.", "event P", "event R", "event F1", "best F1", "ROC-AUC", "PR-AUC")
+    """Format a report from :func:`run_smap_msl` as one table per score, with the mean and pooled rows.
+
+    ``alerting`` is the share of test rows that alert.
+    """
+    headers = ("channel", "events", "detected", "false pos.", "alerting", "event P", "event R", "event F1", "best F1", "ROC-AUC", "PR-AUC")
     blocks = []
     for name, summary in document["summary"].items():
         table_rows = [
@@ -206,6 +210,7 @@ def format_report(document: dict) -> str:
                 row["events"],
                 row["detected_events"],
                 row["false_positive_runs"],
+                row["alert_fraction"],
                 row["event_precision"],
                 row["event_recall"],
                 row["event_f1"],
@@ -223,6 +228,7 @@ def format_report(document: dict) -> str:
                 "",
                 "",
                 "",
+                summary["mean_alert_fraction"],
                 summary["mean_event_precision"],
                 summary["mean_event_recall"],
                 summary["mean_event_f1"],
@@ -232,7 +238,7 @@ def format_report(document: dict) -> str:
             )
         )
         table_rows.append(
-            ("pooled", pooled["events"], pooled["detected_events"], pooled["false_positive_runs"], pooled["precision"], pooled["recall"], pooled["f1"], "", "", "")
+            ("pooled", pooled["events"], pooled["detected_events"], pooled["false_positive_runs"], "", pooled["precision"], pooled["recall"], pooled["f1"], "", "", "")
         )
         blocks.append(f"score {name} (scoring {summary['score_seconds']:.1f} s)\n" + format_table(headers, table_rows))
     return "\n\n".join(blocks)
