@@ -12,17 +12,29 @@ SHARED_KEY = "*"
 # Relative difference below which a score counts as equal to the threshold.
 TIE_TOLERANCE = 1e-4
 
+# Level of the base quantile above which excesses are modelled as exponential.
+TAIL_BASE_LEVEL = 0.9
+
 
 class AdaptiveThreshold:
-    """An exact rolling quantile of recent scores, usable from the first window.
+    """A running-quantile threshold with an exponential tail, usable from the first window.
 
-    A river ``stats.RollingQuantile`` over the last ``window_size`` scores is first fed
-    the reference scores, so the threshold before any data is the reference's empirical
-    quantile at ``level``. Afterwards every finite score is added and the oldest one drops
-    out, so the threshold follows the live score distribution: it rises when the stream
-    is noisier than the validation data and falls when it is calmer. An incident longer
-    than about ``(1 - level) * window_size`` windows raises the threshold too, which can
-    hide an incident that follows soon after.
+    An exact quantile at level 0.999 needs thousands of normal scores, and over a short
+    window it is the window's maximum, so one anomaly would set the threshold for the next.
+    The threshold is therefore extrapolated by peaks over threshold: a river
+    ``stats.RollingQuantile`` tracks the base quantile ``u`` at level 0.9 of the last
+    ``window_size`` scores, the excesses over ``u`` are modelled as exponential with their
+    mean ``β``, and the threshold at ``level`` is ``u + β·ln(0.1 / (1 - level))``. For
+    ``level <= 0.9`` the threshold is the exact rolling quantile at ``level``.
+
+    The window is first filled with the reference scores, so the threshold is usable from
+    the first window. Afterwards every finite score that does not alert is added and the
+    oldest one drops out, so the threshold follows the live score distribution: it rises
+    when the stream is noisier than the validation data and falls when it is calmer. A
+    score above the threshold is added as the threshold's value (winsorised), so an
+    incident raises the threshold only a little (20 alerting windows among 5000 raise it
+    by roughly a tenth of its distance from the base quantile), while a lasting shift to
+    higher scores still raises it step by step until the new level stops alerting.
 
     A score alerts when it exceeds the threshold by more than a relative ``1e-4``. Scores
     are computed in float32, and windows with the same content can differ by about
@@ -45,7 +57,7 @@ class AdaptiveThreshold:
         Number of scores per series that update the quantile but never alert. Default 0,
         since the seed makes the threshold usable from the first window.
     window_size
-        Number of most recent scores the quantile is computed over. Default 5000.
+        Number of most recent scores the threshold is computed over. Default 5000.
     per_series
         One quantile per series (True) or one shared by all series (False, default).
 
@@ -80,6 +92,8 @@ class AdaptiveThreshold:
             raise ValueError("reference scores are empty or all non-finite; retrain the model bundle")
 
         self.level = float(level)
+        self.base_level = min(self.level, TAIL_BASE_LEVEL)
+        self._tail_factor = float(np.log((1.0 - self.base_level) / (1.0 - self.level)))
         self.warmup = int(warmup)
         self.window_size = int(window_size)
         self.per_series = per_series
@@ -101,7 +115,7 @@ class AdaptiveThreshold:
         return quantile
 
     def _load_window(self, key: str, scores: np.ndarray) -> stats.RollingQuantile:
-        quantile = stats.RollingQuantile(q=self.level, window_size=self.window_size)
+        quantile = stats.RollingQuantile(q=self.base_level, window_size=self.window_size)
         window: deque = deque(maxlen=self.window_size)
         for score in scores[-self.window_size :]:
             quantile.update(float(score))
@@ -112,16 +126,22 @@ class AdaptiveThreshold:
 
     def current(self, series: str) -> float:
         """Return the threshold now in force for ``series``."""
-        return float(self._quantile(series).get())
+        base = float(self._quantile(series).get())
+        if self._tail_factor == 0.0:
+            return base
+        window = self._window_scores(self._key(series))
+        excess = window[window > base] - base
+        mean_excess = float(excess.mean()) if excess.size else 0.0
+        return base + mean_excess * self._tail_factor
 
     def update(self, series: str, score: float) -> tuple[bool, float]:
         """Add one score of ``series``; return ``(is_alert, threshold)`` for it.
 
         The threshold is the one in force before the score is added. A NaN score never
-        alerts and is not added.
+        alerts and is not added; a score above the threshold is added as the threshold.
         """
         quantile = self._quantile(series)
-        threshold = float(quantile.get())
+        threshold = self.current(series)
         if not np.isfinite(score):
             return False, threshold
 
@@ -129,8 +149,9 @@ class AdaptiveThreshold:
         self._counts[series] = count + 1
         margin = TIE_TOLERANCE * max(1.0, abs(threshold))
         is_alert = count >= self.warmup and score > threshold + margin
-        quantile.update(float(score))
-        self._windows[self._key(series)].append(float(score))
+        added = min(float(score), threshold)
+        quantile.update(added)
+        self._windows[self._key(series)].append(added)
         return bool(is_alert), threshold
 
     def export_state(self, series_ids: list[str], include_shared: bool = True) -> dict[str, np.ndarray]:

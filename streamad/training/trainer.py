@@ -222,7 +222,15 @@ def train_bundle(
 
     started = time.time()
     splits = [_split_training_span(series, train_fraction, config) for series in series_list]
-    scaler = StandardScaler().fit(np.concatenate([fit.values for fit, _ in splits], axis=0))
+    fit_values = np.concatenate([fit.values for fit, _ in splits], axis=0)
+    scaler = StandardScaler().fit(fit_values)
+    constant = [name for name, column in zip(channels, fit_values.T) if np.nanmin(column) == np.nanmax(column)]
+    if constant:
+        logger.warning(
+            "channel(s) %s are constant in the training span; the model learns nothing about them and any "
+            "change in them scores as anomalous. Drop them with --channels if they carry no signal",
+            ", ".join(constant),
+        )
     train_windows = _windows([fit for fit, _ in splits], scaler, config)
     validation_windows = _windows([validation for _, validation in splits], scaler, config)
     if len(train_windows) == 0 or len(validation_windows) == 0:
