@@ -130,3 +130,23 @@ def test_cli_demo_end_to_end(kafka_bootstrap, tmp_path):
     events = [json.loads(line) for line in (tmp_path / "alerts.jsonl").read_text().splitlines()]
     assert any(event["status"] == "firing" for event in events)
     assert (tmp_path / "model" / "config.json").is_file()
+
+
+def test_cli_replay_matches_unnamed_channels_by_position(tmp_path):
+    rows = ["timestamp,flow,temp"] + [f"2024-01-01T{i // 60:02d}:{i % 60:02d}:00,{1 + (i % 7) * 0.1},{20 + (i % 5) * 0.2}" for i in range(400)]
+    (tmp_path / "train.csv").write_text("\n".join(rows) + "\n")
+    model = tmp_path / "model"
+    assert main(["train", "--data", str(tmp_path / "train.csv"), "--out", str(model), "--window", "8", "--epochs", "2", "--hidden", "16"]) == 0
+    records = [json.dumps({"series": "pump", "timestamp": 1_700_000_000_000 + 60_000 * i, "values": [1.0 + (i % 7) * 0.1, 20.0]}) for i in range(20)]
+    (tmp_path / "live.jsonl").write_text("\n".join(records) + "\n")
+    scores = tmp_path / "scores.csv"
+    code = main(["replay", "--model", str(model), "--data", str(tmp_path / "live.jsonl"), "--scores", str(scores), "--alerts", str(tmp_path / "a.jsonl")])
+    assert code == 0
+    assert len(scores.read_text().splitlines()) == 1 + 20 - 8 + 1
+
+
+def test_cli_replay_rejects_same_output_file(nab_model, tmp_path):
+    same = tmp_path / "out.txt"
+    result = _streamad("replay", "--model", str(nab_model), "--data", str(MACHINE_TEMPERATURE), "--scores", str(same), "--alerts", str(same))
+    assert result.returncode == 2
+    assert "are the same file" in result.stderr

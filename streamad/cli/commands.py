@@ -49,6 +49,25 @@ def _load_data(paths, channels: list[str] | None = None) -> list:
     return series_list
 
 
+def _load_model_data(paths, model_channels: list[str]) -> list:
+    """Load data files for a model, selecting the model's channels by name.
+
+    A file without channel names (``.npy``, JSON lines with a ``values`` list, whose
+    channels are named ``"0"``, ``"1"``, ...) with as many channels as the model is
+    matched by position, as ``streamad run`` matches Kafka records.
+    """
+    try:
+        return _load_data(paths, model_channels)
+    except ValueError as by_name:
+        series_list = _load_data(paths)
+        positional = [str(index) for index in range(len(model_channels))]
+        if not all(series.channels == positional for series in series_list):
+            raise by_name
+        for series in series_list:
+            series.channels = list(model_channels)
+        return series_list
+
+
 def _parse_channels(text: str | None) -> list[str] | None:
     if not text:
         return None
@@ -90,8 +109,10 @@ def replay(args) -> int:
     """Replay ``--data`` through the engine; write the scores CSV and the alerts file."""
     from connectors.files import FileReplaySource, JsonLinesSink, ScoresCsvWriter
 
+    if Path(args.scores).resolve() == Path(args.alerts).resolve():
+        raise UsageError(f"--scores and --alerts are the same file {args.scores!r}; give them different paths")
     bundle = load_bundle(args.model)
-    series_list = _load_data(args.data, bundle.channels)
+    series_list = _load_model_data(args.data, bundle.channels)
     has_clock = all(series.has_clock for series in series_list)
     engine = StreamEngine(bundle, _engine_config(args, has_clock))
     writer = ScoresCsvWriter(args.scores, has_clock)
@@ -118,7 +139,12 @@ def evaluate(args) -> int:
     from streamad.evaluation import best_f1, event_metrics, load_labels, pr_auc, roc_auc
 
     bundle = load_bundle(args.model)
-    (series,) = _load_data([args.data], bundle.channels)
+    series_list = _load_model_data([args.data], bundle.channels)
+    if len(series_list) != 1:
+        raise UsageError(f"{args.data} contains {len(series_list)} series; evaluate takes a file with one series")
+    (series,) = series_list
+    if not Path(args.labels).is_file():
+        raise UsageError(f"labels file {args.labels!r} not found; pass NAB's combined_windows.json or SMAP/MSL's labeled_anomalies.csv")
     labels = load_labels(args.labels, args.data, series)
     if not 0.0 <= args.skip_fraction < 1.0:
         raise UsageError(f"--skip-fraction {args.skip_fraction!r} is invalid; use a value in [0, 1)")
@@ -150,7 +176,13 @@ def evaluate(args) -> int:
             f"{metrics['event_precision']:>9.3f}{metrics['event_recall']:>9.3f}{metrics['event_f1']:>9.3f}"
         )
     if args.json_out:
-        Path(args.json_out).write_text(json.dumps({"series": series.series_id, "model_version": bundle.version, "scores": results}, indent=2, default=float))
+        # NaN (e.g. precision without any alert) becomes null, since strict JSON has no NaN.
+        clean = {
+            name: {key: (None if isinstance(value, float) and np.isnan(value) else value) for key, value in metrics.items()}
+            for name, metrics in results.items()
+        }
+        document = {"series": series.series_id, "model_version": bundle.version, "scores": clean}
+        Path(args.json_out).write_text(json.dumps(document, indent=2, default=float))
     return 0
 
 
