@@ -91,8 +91,16 @@ class TrainConfig:
             raise ValueError(f"validation_fraction={self.validation_fraction!r} is invalid; use a value in (0, 1), e.g. 0.2")
         if not self.learning_rate > 0:
             raise ValueError(f"learning_rate={self.learning_rate!r} is invalid; use a positive step size, e.g. 1e-3")
-        if self.patience < 1 or self.max_fill < 0:
-            raise ValueError(f"patience={self.patience!r} and max_fill={self.max_fill!r} must be >= 1 and >= 0")
+        if self.patience < 1:
+            raise ValueError(f"patience={self.patience!r} is invalid; use a number of epochs >= 1")
+        if self.max_fill < 0:
+            raise ValueError(f"max_fill={self.max_fill!r} is invalid; use a number of steps >= 0 (0 fills no gap)")
+        try:
+            device = torch.device(self.device)
+        except RuntimeError as error:
+            raise ValueError(f"device={self.device!r} is invalid; use 'cpu' or 'cuda' ({error})") from None
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device={self.device!r} is not available: this torch build has no usable CUDA GPU; use 'cpu'")
 
 
 def _split_training_span(series: Series, train_fraction: float, config: TrainConfig) -> tuple[Series, Series]:
