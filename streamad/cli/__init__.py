@@ -6,7 +6,7 @@ import argparse
 import logging
 import sys
 
-from streamad.cli import benchmark, commands, select
+from streamad.cli import benchmark, commands, config, select
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -61,7 +61,7 @@ def _add_replay(subparsers) -> None:
     parser.set_defaults(handler=commands.replay)
 
 
-def _add_run(subparsers) -> None:
+def _add_run(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "run",
         help="consume a Kafka topic, score every window and emit alerts (the daemon)",
@@ -71,6 +71,7 @@ def _add_run(subparsers) -> None:
             "after finishing the batch and committing."
         ),
     )
+    parser.add_argument("--config", help="TOML file whose [run] table sets any of these options. STREAMAD_RUN_<OPTION> variables override it, and options given here override both, except that --topic and --webhook add to the configured lists")
     parser.add_argument("--model", required=True, help="model bundle directory")
     parser.add_argument("--bootstrap-servers", required=True, help="Kafka bootstrap servers, HOST:PORT[,HOST:PORT...]")
     parser.add_argument("--topic", required=True, action="append", help="topic to consume (repeat for several)")
@@ -93,6 +94,23 @@ def _add_run(subparsers) -> None:
     parser.add_argument("--per-series-threshold", action="store_true", help="one threshold quantile per series instead of one shared by all; makes each series' alerts independent of the other series")
     _add_scoring_options(parser)
     parser.set_defaults(handler=commands.run)
+    return parser
+
+
+def _add_config(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "config",
+        help="check a TOML config file of streamad run",
+        description="Check a TOML config file of streamad run together with the STREAMAD_RUN_* environment variables.",
+    )
+    actions = parser.add_subparsers(dest="config_command", required=True, metavar="ACTION")
+    check = actions.add_parser(
+        "check",
+        help="validate the options, the environment overrides and the model bundle",
+        description="Validate a config file: known options of the right types, every required option set, an alert destination, and a model bundle that loads. Exits 0 when valid, 2 with one line naming the problem otherwise.",
+    )
+    check.add_argument("config", help="TOML file with a [run] table")
+    check.set_defaults(handler=config.check)
 
 
 def _add_evaluate(subparsers) -> None:
@@ -138,16 +156,45 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_train(subparsers)
     _add_replay(subparsers)
-    _add_run(subparsers)
+    parser.run_parser = _add_run(subparsers)
     _add_evaluate(subparsers)
     _add_demo(subparsers)
     select.add_parser(subparsers)
     benchmark.add_parser(subparsers)
+    _add_config(subparsers)
     return parser
 
 
+def _command_and_config(argv: list[str]) -> tuple[str | None, str | None]:
+    """Return the sub-command of ``argv`` and the value of its ``--config`` option, if any."""
+    command = None
+    config_path = None
+    tokens = iter(argv)
+    for token in tokens:
+        if command is None:
+            if token == "--log-level":
+                next(tokens, None)
+            elif not token.startswith("-"):
+                command = token
+            continue
+        if token == "--config":
+            config_path = next(tokens, None)
+        elif token.startswith("--config="):
+            config_path = token.split("=", 1)[1]
+    return command, config_path
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
+    command, config_path = _command_and_config(argv)
+    if command == "run":
+        # The config file and the environment become the defaults, so the command line overrides them.
+        try:
+            config.apply_run_defaults(parser.run_parser, config.load_run_config(config_path, parser.run_parser))
+        except config.ConfigError as error:
+            print(f"streamad run: error: {error}", file=sys.stderr)
+            return 2
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format=LOG_FORMAT, stream=sys.stderr)
     try:

@@ -7,15 +7,36 @@ import logging
 logger = logging.getLogger(__name__)
 
 
-def build_checkpointer(args, engine):
-    """Return the partition checkpointer of ``--checkpoint-dir``, or None when it is not given."""
+def check_checkpoint_options(args) -> None:
+    """Raise UsageError when a checkpoint option of ``run`` is out of range."""
     from streamad.cli.commands import UsageError
-    from streamad.engine.checkpoint import CheckpointStore, PartitionCheckpointer
 
     if args.checkpoint_every_records < 1:
         raise UsageError(f"--checkpoint-every-records {args.checkpoint_every_records} is invalid; use a count >= 1")
     if not args.checkpoint_interval_s > 0:
         raise UsageError(f"--checkpoint-interval-s {args.checkpoint_interval_s} is invalid; use seconds > 0")
+
+
+def source_config(args):
+    """Return the KafkaSourceConfig of the parsed ``run`` arguments; it raises ValueError on invalid values."""
+    from connectors.kafka import KafkaSourceConfig
+
+    return KafkaSourceConfig(
+        bootstrap_servers=args.bootstrap_servers,
+        topics=list(args.topic),
+        group_id=args.group_id,
+        max_poll_records=args.max_poll_records,
+        max_poll_interval_ms=args.max_poll_interval_ms,
+        session_timeout_ms=args.session_timeout_ms,
+        heartbeat_interval_ms=args.heartbeat_interval_ms,
+    )
+
+
+def build_checkpointer(args, engine):
+    """Return the partition checkpointer of ``--checkpoint-dir``, or None when it is not given."""
+    from streamad.engine.checkpoint import CheckpointStore, PartitionCheckpointer
+
+    check_checkpoint_options(args)
     if not args.checkpoint_dir:
         logger.warning("no --checkpoint-dir: after a restart or a rebalance, windows and incidents start empty")
         return None
@@ -34,7 +55,7 @@ def build_daemon(args) -> tuple:
     At least one alert destination is required, so that alerts never go nowhere.
     """
     from connectors.files import JsonLinesSink, StdoutSink
-    from connectors.kafka import KafkaAlertSink, KafkaDeadLetterSink, KafkaSource, KafkaSourceConfig
+    from connectors.kafka import KafkaAlertSink, KafkaDeadLetterSink, KafkaSource
     from connectors.webhook import WebhookSink
     from streamad.cli.commands import UsageError
 
@@ -61,13 +82,4 @@ def build_daemon(args) -> tuple:
     if not dead_letter_sinks:
         logger.warning("no --dead-letter or --dead-letter-topic: unusable records are only logged")
 
-    config = KafkaSourceConfig(
-        bootstrap_servers=args.bootstrap_servers,
-        topics=list(args.topic),
-        group_id=args.group_id,
-        max_poll_records=args.max_poll_records,
-        max_poll_interval_ms=args.max_poll_interval_ms,
-        session_timeout_ms=args.session_timeout_ms,
-        heartbeat_interval_ms=args.heartbeat_interval_ms,
-    )
-    return KafkaSource(config), alert_sinks, dead_letter_sinks, point_sinks
+    return KafkaSource(source_config(args)), alert_sinks, dead_letter_sinks, point_sinks

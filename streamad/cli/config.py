@@ -1,0 +1,176 @@
+"""TOML config files and environment overrides for ``streamad run``, and ``streamad config check``.
+
+A config file has one table, ``[run]``, whose keys are the long options of ``streamad run``
+with ``_`` or ``-`` between words, e.g. ``bootstrap_servers = "kafka:9092"`` and
+``topic = ["metrics"]``. An environment variable ``STREAMAD_RUN_<KEY>`` in upper case, e.g.
+``STREAMAD_RUN_GROUP_ID``, overrides the file, and an option on the command line overrides
+both, except ``--topic`` and ``--webhook``, whose command-line values are added to the list
+from the file or the environment. In the environment a list is comma-separated and a flag is
+``true`` or ``false``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+ENV_PREFIX = "STREAMAD_RUN_"
+TABLE = "run"
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+
+
+class ConfigError(ValueError):
+    """A config file or environment value is invalid; the message names it and the fix."""
+
+
+def read_toml(path: str | Path) -> dict:
+    """Return the parsed TOML file at ``path``; raise ConfigError when it is missing or invalid."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+
+    path = Path(path)
+    try:
+        with open(path, "rb") as handle:
+            return tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {str(path)!r} not found; pass an existing TOML file") from None
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"config file {str(path)!r} is not valid TOML: {error}") from None
+
+
+def run_options(run_parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
+    """Return the options of the ``run`` parser that a config file may set, keyed by destination."""
+    return {
+        action.dest: action
+        for action in run_parser._actions  # argparse has no public list of a parser's actions
+        if action.option_strings and action.dest not in ("help", "config")
+    }
+
+
+def load_run_config(path: str | Path | None, run_parser: argparse.ArgumentParser, environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Return the ``run`` values of the config file at ``path`` (or none) merged with the environment overrides.
+
+    Values are checked against the type of their option. Raises ConfigError on an unknown
+    key, a value of the wrong type or an environment value that does not parse.
+    """
+    options = run_options(run_parser)
+    values: dict[str, Any] = {}
+    if path is not None:
+        document = read_toml(path)
+        unknown_tables = sorted(set(document) - {TABLE})
+        if unknown_tables:
+            raise ConfigError(f"config file {str(path)!r} has unknown table(s) {unknown_tables}; put the options in [{TABLE}]")
+        table = document.get(TABLE, {})
+        if not isinstance(table, dict):
+            raise ConfigError(f"config file {str(path)!r}: {TABLE!r} must be a table, e.g. [{TABLE}]")
+        for key, value in table.items():
+            dest = key.replace("-", "_")
+            action = options.get(dest)
+            if action is None:
+                raise ConfigError(
+                    f"config file {str(path)!r}: unknown option {key!r} in [{TABLE}]; use one of {', '.join(sorted(options))}"
+                )
+            values[dest] = _check_value(action, value, f"config file {str(path)!r}: {key}")
+
+    environ = os.environ if environ is None else environ
+    for name, text in environ.items():
+        if not name.startswith(ENV_PREFIX):
+            continue
+        dest = name[len(ENV_PREFIX) :].lower()
+        action = options.get(dest)
+        if action is None:
+            raise ConfigError(
+                f"environment variable {name} sets no option of streamad run; use {ENV_PREFIX}<OPTION>, "
+                f"e.g. {ENV_PREFIX}GROUP_ID, or unset it"
+            )
+        values[dest] = _parse_text(action, text, f"environment variable {name}")
+    return values
+
+
+def apply_run_defaults(run_parser: argparse.ArgumentParser, values: Mapping[str, Any]) -> None:
+    """Make ``values`` the defaults of the ``run`` parser; an option they set is no longer required."""
+    options = run_options(run_parser)
+    for dest, value in values.items():
+        options[dest].required = False
+    run_parser.set_defaults(**values)
+
+
+def _check_value(action: argparse.Action, value: Any, label: str) -> Any:
+    if isinstance(action, argparse._StoreTrueAction):
+        if not isinstance(value, bool):
+            raise ConfigError(f"{label} = {value!r} is invalid; use true or false")
+        return value
+    if isinstance(action, argparse._AppendAction):
+        items = [value] if isinstance(value, str) else value
+        if not isinstance(items, list) or not all(isinstance(item, str) and item for item in items):
+            raise ConfigError(f"{label} = {value!r} is invalid; use a string or a list of strings")
+        return list(items)
+    if action.type is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{label} = {value!r} is invalid; use an integer")
+        return value
+    if action.type is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{label} = {value!r} is invalid; use a number")
+        return float(value)
+    if not isinstance(value, str):
+        raise ConfigError(f"{label} = {value!r} is invalid; use a string")
+    if action.choices is not None and value not in action.choices:
+        raise ConfigError(f"{label} = {value!r} is invalid; use one of {', '.join(action.choices)}")
+    return value
+
+
+def _parse_text(action: argparse.Action, text: str, label: str) -> Any:
+    if isinstance(action, argparse._StoreTrueAction):
+        if text.strip().lower() in _TRUE:
+            return True
+        if text.strip().lower() in _FALSE:
+            return False
+        raise ConfigError(f"{label}={text!r} is invalid; use true or false")
+    if isinstance(action, argparse._AppendAction):
+        return _check_value(action, [item.strip() for item in text.split(",") if item.strip()], label)
+    if action.type in (int, float):
+        try:
+            return action.type(text)
+        except ValueError:
+            kind = "an integer" if action.type is int else "a number"
+            raise ConfigError(f"{label}={text!r} is invalid; use {kind}") from None
+    return _check_value(action, text, label)
+
+
+def check(args) -> int:
+    """Check a ``streamad run`` config: the file, the environment overrides, the options and the model bundle."""
+    from streamad.bundle import load_bundle
+    from streamad.cli import build_parser
+    from streamad.cli.commands import _engine_config
+    from streamad.cli.daemon import check_checkpoint_options, source_config
+    from streamad.engine import StreamEngine
+
+    parser = build_parser()
+    run_parser = parser.run_parser
+    values = load_run_config(args.config, run_parser)
+    apply_run_defaults(run_parser, values)
+    missing = [
+        "--" + dest.replace("_", "-") for dest, action in run_options(run_parser).items() if action.required
+    ]
+    if missing:
+        raise ConfigError(
+            f"config {str(args.config)!r} does not set {', '.join(missing)}; add them to [{TABLE}] or pass them to streamad run"
+        )
+    run_args = run_parser.parse_args([])
+    if not (run_args.alerts_topic or run_args.alerts or run_args.webhook or run_args.stdout):
+        raise ConfigError(f"config {str(args.config)!r} has no alert destination; set alerts_topic, alerts, webhook or stdout")
+    check_checkpoint_options(run_args)
+    source_config(run_args)
+    bundle = load_bundle(run_args.model)
+    StreamEngine(bundle, _engine_config(run_args, has_clock=True))
+    print(
+        f"config {args.config} is valid: topics {','.join(run_args.topic)} as group {run_args.group_id}, "
+        f"model {bundle.version}, {len(values)} options set by the file and the environment"
+    )
+    return 0
