@@ -6,6 +6,8 @@ import argparse
 import logging
 import sys
 
+from kafka.errors import KafkaError
+
 from streamad.cli import benchmark, commands, config, select
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -152,7 +154,13 @@ def build_parser() -> argparse.ArgumentParser:
         prog="streamad",
         description="Streaming anomaly detection for time series with a likelihood score from windowed VAEs.",
     )
-    parser.add_argument("--log-level", default="INFO", help="logging level: DEBUG, INFO, WARNING or ERROR (default INFO)")
+    parser.add_argument(
+        "--log-level",
+        default="INFO",
+        type=str.upper,
+        choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+        help="logging level (default INFO; kafka-python's own logs start at WARNING unless DEBUG)",
+    )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_train(subparsers)
     _add_replay(subparsers)
@@ -196,15 +204,24 @@ def main(argv: list[str] | None = None) -> int:
             print(f"streamad run: error: {error}", file=sys.stderr)
             return 2
     args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format=LOG_FORMAT, stream=sys.stderr)
+    logging.basicConfig(level=args.log_level, format=LOG_FORMAT, stream=sys.stderr)
+    if args.log_level != "DEBUG":
+        logging.getLogger("kafka").setLevel(max(logging.WARNING, logging.getLevelName(args.log_level)))
     try:
         return int(args.handler(args) or 0)
     except (ValueError, OSError) as error:
-        # Invalid options, missing or malformed files and bundles, and unreachable services at
-        # start-up all end here: one line for the user, the traceback only at DEBUG level.
+        # Invalid options and missing or malformed files and bundles: one line for the user,
+        # the traceback only at DEBUG level.
         logging.getLogger(__name__).debug("command failed", exc_info=True)
         print(f"streamad {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except (RuntimeError, KafkaError) as error:
+        # Failures of the outside world (Kafka, webhooks, the local broker) and of torch.
+        # Offsets of undelivered results are not committed, so a restart resumes from the
+        # last committed batch.
+        logging.getLogger(__name__).debug("command failed", exc_info=True)
+        print(f"streamad {args.command}: error: {error}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":
