@@ -294,6 +294,50 @@ def test_daemon_failover_to_second_instance(kafka_bootstrap, new_topic, group_id
     assert outputs.events == expected_events
 
 
+def test_daemon_scale_out_mid_stream(kafka_bootstrap, new_topic, group_id, bundle_dir, streams, clean_run, tmp_path):
+    expected_windows, expected_events = clean_run
+    topic = new_topic(PARTITIONS, prefix="scale")
+    outputs = Outputs(tmp_path)
+    logs = [tmp_path / "daemon-first.log", tmp_path / "daemon-second.log"]
+    # The rest of the rows is produced only after the second member has partitions, so
+    # both members have records to score.
+    split_row = SLICE_ROWS // 3
+    _produce(kafka_bootstrap, topic, streams, range(split_row))
+    first = _start_daemon(kafka_bootstrap, bundle_dir, topic, group_id, tmp_path, "first")
+    second = None
+    try:
+        def first_scored_some():
+            outputs.update()
+            return len(outputs.windows_by_daemon.get("first", ())) >= 300
+
+        _wait_for(first_scored_some, 60, "300 windows scored by the first daemon", logs)
+        # The second member's join revokes every partition of the first one, which
+        # checkpoints them in its rebalance listener while their state is in its engine.
+        second = _start_daemon(kafka_bootstrap, bundle_dir, topic, group_id, tmp_path, "second")
+        _wait_for(lambda: _latest_assignment(logs[1]), 60, "an assignment for the second daemon", logs)
+        _produce(kafka_bootstrap, topic, streams, range(split_row, SLICE_ROWS))
+        _wait_for(
+            lambda: _committed(kafka_bootstrap, group_id, topic) == [SLICE_ROWS] * PARTITIONS,
+            90, "the commit of every record", logs,
+        )
+        for daemon in (first, second):
+            daemon.send_signal(signal.SIGTERM)
+        for daemon in (first, second):
+            assert daemon.wait(timeout=30) == 0, _tail(logs)
+    finally:
+        _stop(first)
+        if second is not None:
+            _stop(second)
+
+    outputs.update()
+    first_log = logs[0].read_text()
+    assert "Kafka partitions revoked" in first_log
+    assert "Rebalance handler failed" not in first_log
+    assert outputs.windows_by_daemon.get("second")
+    assert outputs.windows == expected_windows
+    assert outputs.events == expected_events
+
+
 def _latest_assignment(log_path):
     """Return the partitions of the last 'partitions assigned' line of a daemon log, or an empty list."""
     if not log_path.exists():
