@@ -3,8 +3,8 @@
 
 NAB's code is not part of this project. Check out numenta/NAB yourself and install its
 dependencies into a separate environment; pass that environment's interpreter with
-``--python``. NAB's ``nab/labeler.py`` writes into ``Series.values``, which pandas 3
-returns read-only, so that environment needs pandas < 2.2 (1.5.3 works).
+``--python``. NAB's ``nab/labeler.py`` writes into ``Series.values``, which pandas 3.1.1
+returns read-only, so NAB fails there. pandas 1.5.3 with numpy 1.26 works.
 
 The script leaves the checkout untouched. In a scratch folder it
 

@@ -110,6 +110,26 @@ def test_nab_custom_detector_name(tmp_path):
     assert not (tmp_path / "streamadLikelihood").exists()
 
 
+def test_nab_uncapped_probation_and_models(tmp_path):
+    key = "realKnownCause/nyc_taxi.csv"
+    require(NAB_DATA / key)
+    out = tmp_path / "results"
+    code = main(
+        ["benchmark", "nab", "--data", str(NAB_DATA), "--out", str(out), "--files", key, "--score", "likelihood"]
+        + ["--uncapped-probation", "--models", str(tmp_path / "models")]
+        + FAST_TRAINING
+    )
+    assert code == 0
+
+    with open(out / "summary.csv", newline="") as handle:
+        (row,) = list(csv.DictReader(handle))
+    # 10,320 rows: NAB's probationary period is capped at 750, the uncapped span is 15 %.
+    assert int(row["probationary_rows"]) == 750
+    assert int(row["train_rows"]) == 1548
+    assert int(row["points"]) == 10320 - 1548
+    assert (tmp_path / "models" / "realKnownCause" / "nyc_taxi" / "model.pt").is_file()
+
+
 def test_nab_rejects_detector_name_with_underscore(tmp_path, capsys):
     require(NAB_DATA / NAB_KEY)
     code = main(["benchmark", "nab", "--data", str(NAB_DATA), "--out", str(tmp_path), "--files", NAB_KEY, "--score", "likelihood", "--detector", "vae_laplace"])
