@@ -122,5 +122,12 @@ def test_calibrator_orders_scores_above_reference():
     assert np.all((probabilities > 0.99) & (probabilities <= 1.0))
 
 
+def test_calibrator_keeps_order_far_above_reference():
+    calibrator = ScoreCalibrator(np.arange(100.0))
+    probabilities = calibrator.probability([1e4, 1e5, 1e6])
+    assert np.all(np.diff(probabilities) > 0)
+    assert np.all(probabilities < 1.0)
+
+
 def test_calibrator_keeps_nan():
     assert np.isnan(ScoreCalibrator([1.0, 2.0]).probability([np.nan])[0])

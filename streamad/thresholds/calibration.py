@@ -11,9 +11,11 @@ class ScoreCalibrator:
     ``probability(s)`` is the fraction of reference scores at or below ``s``, so a score
     at the 99th percentile of normal validation windows maps to 0.99. Scores above the
     largest reference score would all map to 1.0 and lose their order, which matters to
-    scorers that sweep a threshold over the probability (NAB). Above the maximum the
-    remaining mass ``1/(n+1)`` therefore decays exponentially, with the reference
-    scores' interquartile range as the length scale.
+    scorers that sweep one threshold over the probability of many files (NAB). Above the
+    maximum the remaining mass ``1/(n+1)`` therefore decays as ``1/(1 + excess/IQR)``,
+    with the reference scores' interquartile range as the length scale. An exponential
+    decay would round to exactly 1.0 in float64 about 35 IQRs above the maximum, where
+    real anomalies and drifts of the likelihood score often lie.
 
     Parameters
     ----------
@@ -47,7 +49,7 @@ class ScoreCalibrator:
 
         above = scores > self.reference[-1]
         excess = (scores[above] - self.reference[-1]) / self.tail_scale
-        probability[above] = 1.0 - np.exp(-excess) / (n + 1.0)
+        probability[above] = 1.0 - 1.0 / ((n + 1.0) * (1.0 + excess))
 
         probability[np.isnan(scores)] = np.nan
         return probability
