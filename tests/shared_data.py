@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+# STREAMAD_DATA_DIR points at another copy, e.g. the data/ folder that scripts/fetch_datasets.py writes.
+SHARED_DATA = Path(os.environ.get("STREAMAD_DATA_DIR") or Path(__file__).resolve().parents[1].parent / "shared" / "data")
 NAB_DATA = SHARED_DATA / "nab" / "data"
 NAB_WINDOWS = SHARED_DATA / "nab" / "labels" / "combined_windows.json"
 SMAP_MSL = SHARED_DATA / "smap_msl"
