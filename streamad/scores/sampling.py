@@ -55,17 +55,10 @@ def elbo_score(
     ValueError
         If ``x`` or an option is invalid.
     """
-    samples = validate_int("samples", samples, minimum=1)
-    generator = validate_generator(generator)
-    memory_budget_mb = validate_positive("memory_budget_mb", memory_budget_mb)
-    validate_windows(model, x)
-    if x.shape[0] == 0:
+    draws = _posterior_draws(model, x, samples, generator, memory_budget_mb)
+    if draws is None:
         return torch.zeros(0, dtype=torch.float64, device=x.device)
-
-    with scoring_mode(model):
-        mu, logvar, noise = _draw_noise(model, x, samples, generator)
-        z = mu + torch.exp(0.5 * logvar) * noise
-        log_likelihood = _sample_log_likelihoods(model, x, z, memory_budget_mb)
+    mu, logvar, noise, z, log_likelihood = draws
 
     mu64 = mu.to(torch.float64)
     logvar64 = logvar.to(torch.float64)
@@ -112,17 +105,10 @@ def importance_score(
     ValueError
         If ``x`` or an option is invalid.
     """
-    samples = validate_int("samples", samples, minimum=1)
-    generator = validate_generator(generator)
-    memory_budget_mb = validate_positive("memory_budget_mb", memory_budget_mb)
-    validate_windows(model, x)
-    if x.shape[0] == 0:
+    draws = _posterior_draws(model, x, samples, generator, memory_budget_mb)
+    if draws is None:
         return torch.zeros(0, dtype=torch.float64, device=x.device)
-
-    with scoring_mode(model):
-        mu, logvar, noise = _draw_noise(model, x, samples, generator)
-        z = mu + torch.exp(0.5 * logvar) * noise
-        log_likelihood = _sample_log_likelihoods(model, x, z, memory_budget_mb)
+    mu, logvar, noise, z, log_likelihood = draws
 
     # log p(z) - log q(z|x): the (d/2) log 2π terms cancel, and z - μ = σ ⊙ ε.
     z64 = z.to(torch.float64)
@@ -130,6 +116,27 @@ def importance_score(
     log_ratio = 0.5 * (noise64.square() - z64.square()).sum(dim=-1) + 0.5 * logvar.to(torch.float64).sum(dim=-1)
     log_weights = log_likelihood + log_ratio
     return -(torch.logsumexp(log_weights, dim=0) - math.log(samples))
+
+
+def _posterior_draws(model, x, samples, generator, memory_budget_mb):
+    """Validate the options, then draw ``z_k ~ q(z|x)`` and return their log-likelihoods.
+
+    Returns ``(mu, logvar, noise, z, log_likelihood)`` with ``z = mu + σ ⊙ noise`` of shape
+    ``(K, B, d)`` and ``log_likelihood = log p(x|z_k)`` of shape ``(K, B)``, or None for an
+    empty batch.
+    """
+    samples = validate_int("samples", samples, minimum=1)
+    generator = validate_generator(generator)
+    memory_budget_mb = validate_positive("memory_budget_mb", memory_budget_mb)
+    validate_windows(model, x)
+    if x.shape[0] == 0:
+        return None
+
+    with scoring_mode(model):
+        mu, logvar, noise = _draw_noise(model, x, samples, generator)
+        z = mu + torch.exp(0.5 * logvar) * noise
+        log_likelihood = _sample_log_likelihoods(model, x, z, memory_budget_mb)
+    return mu, logvar, noise, z, log_likelihood
 
 
 def _draw_noise(
