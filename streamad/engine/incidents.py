@@ -58,10 +58,10 @@ class IncidentTracker:
     """
 
     def __init__(self, model_version: str, resolve_after: int = 3, update_every: int = 10, capacity: int = 16) -> None:
-        if resolve_after < 1 or update_every < 1:
-            raise ValueError(
-                f"resolve_after={resolve_after!r} and update_every={update_every!r} are invalid; use counts >= 1"
-            )
+        if resolve_after < 1:
+            raise ValueError(f"resolve_after={resolve_after!r} (--resolve-after) is invalid; use a count of windows >= 1")
+        if update_every < 1:
+            raise ValueError(f"update_every={update_every!r} is invalid; use a count of windows >= 1")
         self.model_version = model_version
         self.resolve_after = resolve_after
         self.update_every = update_every
