@@ -101,7 +101,7 @@ class EngineState:
 
 @dataclass
 class EngineResult:
-    """What one call of :meth:`StreamEngine.process` produced."""
+    """Output of one call of :meth:`StreamEngine.process`."""
 
     points: list[ScoredPoint]
     events: list[dict]
@@ -111,9 +111,9 @@ class EngineResult:
 class StreamEngine:
     """Score sliding windows of many series with one model, threshold them and track incidents.
 
-    Each call of :meth:`process` takes a batch of records in arrival order, appends every
-    record to its series' window buffer, scores all windows completed by the batch in one
-    forward pass, and then applies thresholds and incident grouping in record order.
+    Each call of :meth:`process` takes a batch of records in arrival order and appends every
+    record to its series' window buffer. All windows that the batch completes are scored in
+    one forward pass, and then thresholds and incident grouping are applied in record order.
 
     Records whose timestamp does not increase within their series, or whose number of
     values differs from the model's channels, are returned as rejections and change no

@@ -1,7 +1,7 @@
 """The poll → score → deliver → commit loop shared by the daemon and the demo.
 
 Sources and sinks are passed in, so this module does no I/O of its own. A source has
-``poll() -> list[message]``, ``commit(messages)`` and ``close()``; a message has ``topic``,
+``poll() -> list[message]``, ``commit(messages)`` and ``close()``. A message has ``topic``,
 ``partition``, ``offset``, ``raw`` (bytes), ``record`` (a :class:`~streamad.records.Record`
 or None) and ``error`` (an :class:`~streamad.records.InvalidRecord` or None). A sink has
 ``send(items)``, ``flush()`` and ``close()``.

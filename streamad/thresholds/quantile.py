@@ -21,10 +21,10 @@ class AdaptiveThreshold:
 
     An exact quantile at level 0.999 needs thousands of normal scores, and over a short
     window it is the window's maximum, so one anomaly would set the threshold for the next.
-    The threshold is therefore extrapolated by peaks over threshold: a river
+    The threshold is therefore extrapolated by peaks over threshold. A river
     ``stats.RollingQuantile`` tracks the base quantile ``u`` at level 0.9 of the last
-    ``window_size`` scores, the excesses over ``u`` are modelled as exponential with their
-    mean ``β``, and the threshold at ``level`` is ``u + β·ln(0.1 / (1 - level))``. For
+    ``window_size`` scores. The excesses over ``u`` are modelled as exponential with their
+    mean ``β``, so the threshold at ``level`` is ``u + β·ln(0.1 / (1 - level))``. For
     ``level <= 0.9`` the threshold is the exact rolling quantile at ``level``.
 
     The window is first filled with the reference scores, so the threshold is usable from
