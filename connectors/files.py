@@ -38,7 +38,7 @@ class FileReplaySource(SeriesSource):
     """Replay the rows of loaded data files in timestamp order, optionally paced.
 
     With ``speed`` set, :meth:`poll` sleeps so that the replay runs ``speed`` times faster
-    than the timestamps say; without it, rows come as fast as the engine consumes them.
+    than the timestamps imply. Without it, rows come as fast as the engine consumes them.
 
     Parameters
     ----------

@@ -309,7 +309,7 @@ class KafkaSource:
         logger.info("Kafka partition seek: group=%s partition=%s[%d] offset=%d", self.config.group_id, topic, partition, offset)
 
     def commit_async(self, offsets: Mapping[Any, int]) -> None:
-        """Send an offset commit without waiting for it; the result is only logged.
+        """Send an offset commit without waiting for it, and log its result when it arrives.
 
         Use it where :meth:`commit` cannot block, such as in a rebalance listener.
         """

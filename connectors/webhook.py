@@ -54,7 +54,7 @@ class WebhookSink:
                 response.read()
         except urllib.error.HTTPError as error:
             raise WebhookError(
-                f"webhook {self.url} answered HTTP {error.code} to alert {item.get('alert_id')} "
+                f"webhook {self.url} returned HTTP {error.code} for alert {item.get('alert_id')} "
                 f"sequence {item.get('sequence')}"
             ) from error
         except (urllib.error.URLError, TimeoutError, OSError) as error:

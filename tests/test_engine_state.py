@@ -69,7 +69,12 @@ def test_alert_id_is_deterministic():
 def _feed(tracker, flags, scores=None):
     events = []
     for t, flag in enumerate(flags):
-        score = scores[t] if scores is not None else (10.0 if flag else 0.0)
+        if scores is not None:
+            score = scores[t]
+        elif flag:
+            score = 10.0
+        else:
+            score = 0.0
         event = tracker.observe(0, "s", t, score, 1.0, 0.5, flag)
         if event is not None:
             events.append(event)

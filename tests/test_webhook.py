@@ -11,7 +11,7 @@ from connectors.webhook import WebhookError, WebhookSink
 
 
 class _Receiver:
-    """An HTTP server that records POST bodies; it answers 500 to the first ``fail_first`` calls."""
+    """An HTTP server that records POST bodies and responds with HTTP 500 to the first ``fail_first`` calls."""
 
     def __init__(self, fail_first=0, delay=0.0):
         self.bodies = []

@@ -10,8 +10,8 @@ NO_TIMESTAMP = np.iinfo(np.int64).min
 class SeriesBuffers:
     """Ring buffers of the last ``window`` scaled points of every series, with the gap policy.
 
-    Row ``s`` of each array belongs to one series; the rows grow by doubling, so adding a
-    series is amortised O(1) and the state of 100k series is a few arrays rather than
+    Row ``s`` of each array belongs to one series. The rows grow by doubling, so adding a
+    series is amortised O(1), and the state of 100k series is a few arrays rather than
     100k Python objects.
 
     Gap policy: a NaN value is replaced by the channel's last value while the channel's

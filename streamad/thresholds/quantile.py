@@ -29,8 +29,8 @@ class AdaptiveThreshold:
 
     The window is first filled with the reference scores, so the threshold is usable from
     the first window. Afterwards every finite score that does not alert is added and the
-    oldest one drops out, so the threshold follows the live score distribution: it rises
-    when the stream is noisier than the validation data and falls when it is calmer. A
+    oldest one drops out. The threshold therefore follows the live score distribution. It
+    rises when the stream is noisier than the validation data and falls when it is calmer. A
     score above the threshold is added as the threshold's value (winsorised), so an
     incident raises the threshold only a little (20 alerting windows among 5000 raise it
     by roughly a tenth of its distance from the base quantile), while a lasting shift to
