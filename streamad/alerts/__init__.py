@@ -1,0 +1,1 @@
+"""Alert content and formats: severity, labels, payloads for webhooks and Alertmanager, signatures."""
