@@ -477,6 +477,7 @@ class WebhookSink:
         self._last_purge = 0.0
         self.senders = [EndpointSender(endpoint, self.outbox, poll_interval_s) for endpoint in self.endpoints]
         self._started = False
+        self._closed = False
         if start:
             self.start()
 
@@ -530,6 +531,9 @@ class WebhookSink:
         Buffered rows that were not flushed are dropped, because their offsets were not
         committed either. Rows still pending stay in the outbox for the next start.
         """
+        if self._closed:
+            return
+        self._closed = True
         drain_s = self.drain_s if drain_s is None else drain_s
         self._buffer = []
         for sender in self.senders:
