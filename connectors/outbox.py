@@ -1,6 +1,6 @@
 """Durable outbox of webhook deliveries: a SQLite database in WAL mode with ``synchronous=FULL``.
 
-Table ``outbox`` holds one row per (endpoint, event): the event JSON, its ``alert_id`` and
+Table ``outbox`` contains one row per (endpoint, event): the event JSON, its ``alert_id`` and
 ``sequence``, the number of delivery attempts, the time of the next attempt, the last error
 and, once delivered, ``delivered_at``. A row with ``delivered_at IS NULL`` is pending. A row
 that fails for good moves to table ``dead_letters`` with its last error and keeps its id, so
@@ -208,7 +208,7 @@ class Outbox:
         )
 
     def move_to_dead(self, ids: Sequence[int], error: str, count_attempt: bool = True, now: float | None = None) -> None:
-        """Move rows to the dead letters with ``error``, counting the failed attempt unless told not to."""
+        """Move rows to the dead letters with ``error``, counting a failed attempt unless ``count_attempt`` is False."""
         now = time.time() if now is None else now
         increment = 1 if count_attempt else 0
 

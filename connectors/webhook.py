@@ -6,9 +6,10 @@ runner commits the Kafka offsets after that. One sender thread per endpoint then
 rows of its endpoint in insertion order and retries failures with exponential backoff and
 full jitter. A row moves to the dead letters after ``max_attempts`` failed attempts, when it
 is older than ``max_age_s`` at a failed attempt, or at once on a 4xx status other than 408
-and 429. A row is delivered at most once per outbox, except that a request that timed out
-or lost its connection after the receiver got it is sent again: receivers deduplicate by
-the ``Idempotency-Key`` header.
+and 429. A row is sent until one attempt succeeds, so a receiver can get it twice: when a
+request timed out or lost its connection after the receiver got it, and when the process
+died between the response and the write of ``delivered_at``. Receivers deduplicate by the
+``Idempotency-Key`` header.
 """
 
 from __future__ import annotations
@@ -71,7 +72,7 @@ def read_secret(env: str | None = None, file: str | None = None, label: str = "w
 
 @dataclass
 class WebhookEndpoint:
-    """Where and how to deliver incident events: URL, format, timeouts, TLS, signing, rate limit, grouping and retries.
+    """Settings of one webhook endpoint: URL, format, timeouts, TLS, signing, rate limit, grouping and retries.
 
     ``group_by`` (``alertmanager`` format only) is ``none``, ``series``, ``series_prefix``
     (the series id up to its last ``group_separator``) or ``label:<name>`` (the event's
@@ -102,10 +103,12 @@ class WebhookEndpoint:
 
     def __post_init__(self) -> None:
         label = f"webhook endpoint {self.name!r}"
+
         if not self.url.startswith(("http://", "https://")) or not urlsplit(self.url).hostname:
             raise ValueError(f"{label}: url {self.url!r} is invalid; use an http:// or https:// URL")
         if self.format not in FORMATS:
             raise ValueError(f"{label}: format {self.format!r} is unknown; use one of {', '.join(FORMATS)}")
+
         for name in ("connect_timeout_s", "read_timeout_s", "max_age_s", "backoff_base_s", "backoff_max_s"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{label}: {name}={getattr(self, name)!r} is invalid; use a positive number of seconds")
@@ -118,12 +121,14 @@ class WebhookEndpoint:
                 raise ValueError(f"{label}: {name}={getattr(self, name)!r} is invalid; use an integer >= 1")
         if self.rate_limit_per_minute < 0:
             raise ValueError(f"{label}: rate_limit_per_minute={self.rate_limit_per_minute!r} is invalid; use 0 (no limit) or more")
+
         if not (self.group_by in ("none", "series", "series_prefix") or (self.group_by.startswith("label:") and self.group_by[6:])):
             raise ValueError(f"{label}: group_by {self.group_by!r} is invalid; use none, series, series_prefix or label:<name>")
         if self.group_by != "none" and self.format != "alertmanager":
             raise ValueError(f"{label}: group_by needs format 'alertmanager'; the generic format sends one event per request")
         if not self.group_separator:
             raise ValueError(f"{label}: group_separator is empty; use a character such as '-'")
+
         if self.secret is not None and not self.secret:
             raise ValueError(f"{label}: the signing secret is empty; set a non-empty secret")
         if self.key_file and not self.cert_file:
@@ -226,7 +231,7 @@ def post(endpoint: WebhookEndpoint, body: bytes, headers: dict[str, str]) -> Att
             return AttemptResult(response.status)
         return AttemptResult(
             response.status,
-            f"HTTP {response.status} {response.reason}: {text.strip()[:_ERROR_BODY_BYTES]}",
+            f"HTTP {response.status} {response.reason}: {' '.join(text.split())}",
             parse_retry_after(response.getheader("Retry-After")),
         )
     except TimeoutError:

@@ -5,10 +5,14 @@ import sqlite3
 import pytest
 
 from connectors.outbox import Outbox
+from shared_data import MACHINE_TEMPERATURE, require
 from streamad.cli import build_parser, main
 from streamad.cli.alerts import parse_duration
+from streamad.bundle import save_bundle
 from streamad.cli.commands import UsageError
 from streamad.cli.config import ConfigError, apply_run_defaults, check_webhooks, load_run_config
+from streamad.data import load_series
+from streamad.training import TrainConfig, train_bundle
 
 
 def _event(alert_id="a1", sequence=1, series="pump-1"):
@@ -45,7 +49,7 @@ def test_outbox_rows_survive_reopen(tmp_path):
     path = tmp_path / "outbox.db"
     first = Outbox(path)
     first.add([("hook", _event())])
-    # A second connection, as after a restart, sees the committed row.
+    # A second connection, as after a restart, reads the committed row.
     with sqlite3.connect(path) as connection:
         assert connection.execute("SELECT alert_id, sequence FROM outbox").fetchall() == [("a1", 1)]
     first.close()
@@ -293,3 +297,16 @@ def test_config_check_reports_missing_outbox(tmp_path, monkeypatch, capsys):
     error = capsys.readouterr().err
     assert "need --outbox PATH" in error
     assert error.count("\n") == 1
+
+
+def test_config_check_accepts_webhook_tables(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("STREAMAD_TEST_SECRET", "x")
+    series = load_series(require(MACHINE_TEMPERATURE), out_of_order="drop").slice(0, 500)
+    # One epoch: the check only needs a bundle that loads.
+    bundle = train_bundle([series], TrainConfig(window=16, latent=2, hidden=8, epochs=1, seed=0), progress=False)
+    save_bundle(bundle, tmp_path / "model")
+    path = tmp_path / "run.toml"
+    text = RUN.replace('model = "m"', f'model = "{tmp_path / "model"}"')
+    path.write_text(text + '\n[webhooks.pager]\nurl = "http://127.0.0.1:9/p"\n\n[webhooks.other]\nurl = "http://127.0.0.1:9/o"\n')
+    assert main(["config", "check", str(path)]) == 0
+    assert "2 webhook endpoint(s)" in capsys.readouterr().out

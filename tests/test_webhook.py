@@ -2,8 +2,8 @@
 
 A receiver counts an event as delivered once per (alert_id, sequence), which the sink also
 sends as the Idempotency-Key header. A request that times out after it reached the receiver
-is retried, so the receiver may see it twice; "exactly once" below means exactly once after
-that deduplication, and also that no event is missing or out of order within its alert.
+is retried, so the receiver may get it twice. "Exactly once" below means exactly once after
+that deduplication, with no event missing and the events of each alert in order.
 """
 
 import json
@@ -28,10 +28,10 @@ FAST = {"backoff_base_s": 0.05, "backoff_max_s": 0.3}
 
 
 class Receiver:
-    """An HTTP server that records every POST and answers with the statuses of ``statuses``, then 204.
+    """An HTTP server that records every POST and responds with the statuses of ``statuses``, then 204.
 
     ``statuses`` items are an int status or a (status, headers) pair. The first ``delay_first``
-    requests are recorded and then answered after ``delay`` seconds, later than a short
+    requests are recorded and then get their response after ``delay`` seconds, later than a short
     client read timeout.
     """
 

@@ -104,10 +104,10 @@ def verify(
 ) -> int:
     """Check the signature headers of a received request; return its timestamp.
 
-    Raises SignatureError when a header is missing or malformed, when the timestamp is more
-    than ``tolerance_s`` seconds before or after ``now``, when the signature does not match
-    (compared in constant time), or, with a ``seen`` store, when the same signature was
-    already accepted (a replayed request).
+    Raises SignatureError when a header is missing or malformed, or when the timestamp is more
+    than ``tolerance_s`` seconds before or after ``now``. It also raises when the signature
+    does not match (compared in constant time), and, with a ``seen`` store, when the same
+    signature was already accepted (a replayed request).
     """
     timestamp_text = _header(headers, TIMESTAMP_HEADER)
     signature_text = _header(headers, SIGNATURE_HEADER)

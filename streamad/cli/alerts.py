@@ -95,7 +95,11 @@ def list_rows(args) -> int:
     """Print the rows of one state as tab-separated columns, then the counts of every state."""
     if args.limit < 1:
         raise UsageError(f"--limit {args.limit} is invalid; use a count >= 1")
-    state = "dead" if args.dead else "delivered" if args.delivered else "pending"
+    state = "pending"
+    if args.dead:
+        state = "dead"
+    elif args.delivered:
+        state = "delivered"
     outbox = _open(args.outbox)
     try:
         rows = outbox.rows(state, endpoint=args.endpoint, limit=args.limit)
