@@ -44,6 +44,7 @@ CREATE TABLE IF NOT EXISTS outbox (
     UNIQUE (endpoint, alert_id, sequence)
 );
 CREATE INDEX IF NOT EXISTS outbox_pending ON outbox (endpoint, id) WHERE delivered_at IS NULL;
+CREATE INDEX IF NOT EXISTS outbox_delivered ON outbox (delivered_at) WHERE delivered_at IS NOT NULL;
 CREATE TABLE IF NOT EXISTS dead_letters (
     id INTEGER PRIMARY KEY,
     endpoint TEXT NOT NULL,

@@ -333,18 +333,20 @@ class EndpointSender(threading.Thread):
             return True
         head = rows[0]
         now = time.time()
+        # Waits end after poll_interval_s at the latest, so that a row that `streamad alerts
+        # retry` puts before the head is noticed while the head waits for its backoff.
         if head.next_attempt_at > now:
-            self._sleep(head.next_attempt_at - now)
+            self._sleep(min(head.next_attempt_at - now, self.poll_interval_s))
             return False
         batch = self._batch(rows)
         if endpoint.group_by != "none" and head.attempts == 0 and len(batch) < endpoint.max_group_size:
             ready_at = head.created_at + endpoint.group_wait_s
             if ready_at > now and self._stop_at is None:
-                self._sleep(ready_at - now)
+                self._sleep(min(ready_at - now, self.poll_interval_s))
                 return False
         wait_s = self.limiter.delay(len(batch))
         if wait_s > 0:
-            self._sleep(wait_s)
+            self._sleep(min(wait_s, self.poll_interval_s))
             return False
         self._deliver(batch)
         return False
@@ -421,15 +423,19 @@ class EndpointSender(threading.Thread):
             self.dead += len(ids)
             return
 
-        dead_ids, retry_ids = [], []
+        dead_by_reason: dict[str, list[int]] = {}
+        retry_ids = []
         for row in batch:
             attempts = row.attempts + 1
-            if attempts >= endpoint.max_attempts or now - row.created_at >= endpoint.max_age_s:
-                dead_ids.append(row.id)
+            if attempts >= endpoint.max_attempts:
+                reason = f"{result.error} (gave up after {attempts} attempts, max_attempts={endpoint.max_attempts})"
+            elif now - row.created_at >= endpoint.max_age_s:
+                reason = f"{result.error} (gave up after {attempts} attempts in {now - row.created_at:.0f} s, max_age_s={endpoint.max_age_s:g})"
             else:
                 retry_ids.append(row.id)
-        if dead_ids:
-            reason = f"{result.error} (gave up after {head.attempts + 1} attempts or {endpoint.max_age_s:g} s)"
+                continue
+            dead_by_reason.setdefault(reason, []).append(row.id)
+        for reason, dead_ids in dead_by_reason.items():
             logger.error(
                 "webhook endpoint %s: alert %s sequence %s failed: %s; %d event(s) moved to the dead letters",
                 endpoint.name, head.alert_id, head.sequence, reason, len(dead_ids),
@@ -527,8 +533,13 @@ class WebhookSink:
                 logger.info("outbox purged %d delivered row(s) older than %g s", purged["delivered"], self.keep_delivered_s)
 
     def backlog(self) -> int:
-        """Return the number of rows not yet delivered: pending in the outbox plus buffered and not flushed."""
-        return self.outbox.backlog() + len(self._buffer)
+        """Return the number of rows of the configured endpoints not yet delivered: pending plus buffered since the last flush.
+
+        Rows of an endpoint that is no longer configured are not counted, because no sender
+        delivers them and they would hold a backpressure pause forever.
+        """
+        pending = sum(self.outbox.backlog(endpoint.name) for endpoint in self.endpoints)
+        return pending + len(self._buffer)
 
     def close(self, drain_s: float | None = None) -> None:
         """Give the senders ``drain_s`` (default: the sink's) to deliver the pending rows, then stop them.

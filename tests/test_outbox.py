@@ -6,9 +6,9 @@ import pytest
 
 from connectors.outbox import Outbox
 from shared_data import MACHINE_TEMPERATURE, require
+from streamad.bundle import save_bundle
 from streamad.cli import build_parser, main
 from streamad.cli.alerts import parse_duration
-from streamad.bundle import save_bundle
 from streamad.cli.commands import UsageError
 from streamad.cli.config import ConfigError, apply_run_defaults, check_webhooks, load_run_config
 from streamad.data import load_series

@@ -256,7 +256,7 @@ def test_max_attempts_then_retry_delivers(receivers, sinks, tmp_path, capsys):
     _wait_for(lambda: box.counts()["dead"] == 1, "the first event to be dead")
     dead = box.rows("dead")[0]
     assert (dead.sequence, dead.attempts) == (1, 3)
-    assert "gave up after 3 attempts" in dead.last_error
+    assert "gave up after 3 attempts, max_attempts=3" in dead.last_error
     _wait_for(lambda: sink.backlog() == 0, "the second event")
     assert receiver.keys() == ["alert-0:2"]
 
@@ -265,6 +265,32 @@ def test_max_attempts_then_retry_delivers(receivers, sinks, tmp_path, capsys):
     _wait_for(lambda: box.counts() == {"pending": 0, "delivered": 2, "dead": 0}, "delivery of the retried event")
     box.close()
     assert receiver.keys() == ["alert-0:2", "alert-0:1"]
+
+
+def test_retried_row_passes_waiting_head(receivers, sinks, tmp_path, capsys):
+    receiver = receivers(statuses=[404, (429, {"Retry-After": "3600"})])
+    path = tmp_path / "outbox.db"
+    sink = sinks([WebhookEndpoint("hook", receiver.url, **FAST)], path)
+    first, second = _events(alerts=1, per_alert=2)
+    box = Outbox(path)
+    _send(sink, [first])
+    _wait_for(lambda: box.counts()["dead"] == 1, "the first event to be dead")
+    _send(sink, [second])
+    _wait_for(lambda: len(receiver.requests) == 2, "the throttled attempt")
+    assert main(["alerts", "retry", "--outbox", str(path), "--all"]) == 0
+    # The retried row keeps its lower id, so it goes first although the head waits an hour.
+    _wait_for(lambda: receiver.keys() == ["alert-0:1"], "delivery of the retried event", timeout_s=30)
+    assert [row.sequence for row in box.pending("hook")] == [2]
+    box.close()
+
+
+def test_backlog_ignores_unconfigured_endpoint(tmp_path):
+    box = Outbox(tmp_path / "outbox.db")
+    box.add([("removed", event) for event in _events()])
+    sink = WebhookSink([WebhookEndpoint("hook", "http://127.0.0.1:9/")], box, start=False)
+    assert sink.backlog() == 0
+    sink.close()
+    box.close()
 
 
 def test_max_age_moves_to_dead_letters(receivers, sinks, tmp_path):
@@ -277,6 +303,7 @@ def test_max_age_moves_to_dead_letters(receivers, sinks, tmp_path):
     dead = box.rows("dead")[0]
     box.close()
     assert "HTTP 500" in dead.last_error
+    assert "max_age_s=0.5" in dead.last_error
     assert dead.attempts < 100
 
 
