@@ -99,7 +99,7 @@ class WebhookEndpoint:
     max_age_s: float = 86_400.0
     backoff_base_s: float = 1.0
     backoff_max_s: float = 300.0
-    headers: dict[str, str] = field(default_factory=dict)
+    headers: dict[str, str] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         label = f"webhook endpoint {self.name!r}"
