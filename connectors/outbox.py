@@ -8,8 +8,8 @@ a retry puts it back at its place in the delivery order.
 
 ``UNIQUE(endpoint, alert_id, sequence)`` in both tables makes adding an event idempotent: the
 daemon delivers at least once and its events are deterministic, so the events that it
-re-emits after a crash are ignored here instead of being delivered twice. This holds until
-the delivered or dead rows are purged.
+re-emits after a crash are ignored here instead of being delivered twice, until the
+delivered or dead rows are purged.
 
 Times are Unix seconds (wall clock), because they must survive a restart.
 """

@@ -6,10 +6,10 @@ runner commits the Kafka offsets after that. One sender thread per endpoint then
 rows of its endpoint in insertion order and retries failures with exponential backoff and
 full jitter. A row moves to the dead letters after ``max_attempts`` failed attempts, when it
 is older than ``max_age_s`` at a failed attempt, or at once on a 4xx status other than 408
-and 429. A row is sent until one attempt succeeds, so a receiver can get it twice: when a
-request timed out or lost its connection after the receiver got it, and when the process
-died between the response and the write of ``delivered_at``. Receivers deduplicate by the
-``Idempotency-Key`` header.
+and 429. A row is sent until one attempt succeeds, so a receiver can get it twice. That
+happens when a request timed out or lost its connection after the receiver got it, and when
+the process died between the response and the write of ``delivered_at``. Receivers
+deduplicate by the ``Idempotency-Key`` header.
 """
 
 from __future__ import annotations
