@@ -174,7 +174,23 @@ def test_outbox_survives_kill_nine_while_endpoint_down(kafka_bootstrap, new_topi
     assert counts["dead"] == 0
     assert counts["pending"] >= len(expected_keys) // 3
 
-    # Run 2: the endpoint is up; the restarted daemon finishes the stream and delivers everything.
+    # Run 2: SIGTERM while the endpoint is still down. The senders retry for --webhook-drain-s,
+    # then the daemon exits with 0 and the events stay pending.
+    daemon = _start_daemon(kafka_bootstrap, bundle_dir, topic, group_id, tmp_path, url)
+    try:
+        _wait_for(lambda: log.read_text().count("Kafka partitions assigned") >= 2, 120, "the second assignment", log)
+        daemon.send_signal(signal.SIGTERM)
+        assert daemon.wait(timeout=60) == 0, log.read_text()[-4000:]
+    finally:
+        _stop(daemon)
+    assert "pending event(s) for the next start" in log.read_text()
+    box = Outbox(tmp_path / "outbox.db")
+    counts = box.counts()
+    box.close()
+    assert counts["delivered"] == 0
+    assert counts["pending"] >= len(expected_keys) // 3
+
+    # Run 3: the endpoint is up; the restarted daemon finishes the stream and delivers everything.
     receiver = Receiver(port=port)
     try:
         daemon = _start_daemon(kafka_bootstrap, bundle_dir, topic, group_id, tmp_path, url)
@@ -202,4 +218,4 @@ def test_outbox_survives_kill_nine_while_endpoint_down(kafka_bootstrap, new_topi
     box.close()
     text = log.read_text()
     assert "Traceback" not in text
-    assert text.count("pending in outbox") >= 1
+    assert text.count("pending in outbox") >= 2
