@@ -1,4 +1,4 @@
-"""The ``streamad`` command line: train, replay, run, evaluate, demo."""
+"""The ``streamad`` command line: train, replay, run, evaluate, demo, alerts."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import sys
 
 from kafka.errors import KafkaError
 
-from streamad.cli import benchmark, commands, config, select
+from streamad.cli import alerts, benchmark, commands, config, select
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -81,7 +81,7 @@ def _add_run(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--alerts-topic", help="Kafka topic for incident events")
     parser.add_argument("--alerts", help="JSON lines file for incident events (appended, fsynced per batch)")
     parser.add_argument("--webhook", action="append", default=[], help="URL to POST each incident event to (repeatable)")
-    parser.add_argument("--webhook-timeout", type=float, default=5.0, help="seconds per webhook request (default 5)")
+    parser.add_argument("--webhook-timeout", type=float, default=5.0, help="seconds to connect, and seconds to wait for each read of the response, per webhook request (default 5)")
     parser.add_argument("--dead-letter", help="JSON lines file for records that cannot be used")
     parser.add_argument("--dead-letter-topic", help="Kafka topic for records that cannot be used")
     parser.add_argument("--stdout", action="store_true", help="also print each incident event on standard output")
@@ -95,6 +95,21 @@ def _add_run(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--checkpoint-interval-s", type=float, default=5.0, help="checkpoint and commit at least every this many seconds while records arrive (default 5)")
     parser.add_argument("--per-series-threshold", action="store_true", help="one threshold quantile per series instead of one shared by all; makes each series' alerts independent of the other series")
     _add_scoring_options(parser)
+    # Webhook delivery through the outbox. These are the defaults of every endpoint; the
+    # [webhooks.<name>] tables of the config file override them per endpoint.
+    parser.add_argument("--outbox", help="SQLite file where webhook events wait for delivery (created when missing); required with --webhook or [webhooks.*] endpoints")
+    parser.add_argument("--outbox-keep-delivered-s", type=float, default=604_800.0, help="seconds that delivered rows stay in the outbox to ignore re-emitted events, 0 keeps them (default 604800, 7 days)")
+    parser.add_argument("--webhook-secret-env", help="environment variable with the HMAC-SHA256 signing secret of the webhooks (default: unsigned)")
+    parser.add_argument("--webhook-secret-file", help="file with the HMAC-SHA256 signing secret of the webhooks (default: unsigned)")
+    parser.add_argument("--webhook-ca-file", help="PEM file of the CA certificates that verify https webhooks (default: the system's)")
+    parser.add_argument("--webhook-cert-file", help="PEM client certificate for https webhooks, with its key unless --webhook-key-file is given (default: none)")
+    parser.add_argument("--webhook-key-file", help="PEM private key of --webhook-cert-file (default: in the certificate file)")
+    parser.add_argument("--webhook-max-attempts", type=int, default=10, help="failed attempts after which an event moves to the outbox's dead letters (default 10)")
+    parser.add_argument("--webhook-max-age-s", type=float, default=86_400.0, help="seconds after which an event that fails moves to the dead letters (default 86400)")
+    parser.add_argument("--webhook-backoff-base-s", type=float, default=1.0, help="seconds of the first retry's maximum delay, doubled per attempt, with full jitter (default 1)")
+    parser.add_argument("--webhook-backoff-max-s", type=float, default=300.0, help="maximum seconds between two attempts (default 300)")
+    parser.add_argument("--webhook-rate-limit", type=int, default=0, help="maximum events per minute per endpoint; excess events wait (default 0, no limit)")
+    parser.add_argument("--webhook-drain-s", type=float, default=10.0, help="seconds to keep delivering pending events after SIGTERM before exiting (default 10)")
     parser.set_defaults(handler=commands.run)
     return parser
 
@@ -170,6 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     select.add_parser(subparsers)
     benchmark.add_parser(subparsers)
     _add_config(subparsers)
+    alerts.add_parser(subparsers)
     return parser
 
 

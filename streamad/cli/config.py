@@ -7,6 +7,11 @@ with ``_`` or ``-`` between words, e.g. ``bootstrap_servers = "kafka:9092"`` and
 both, except ``--topic`` and ``--webhook``, whose command-line values are added to the list
 from the file or the environment. In the environment a list is comma-separated and a flag is
 ``true`` or ``false``.
+
+Webhook endpoints with their own settings are tables ``[webhooks.<name>]`` beside ``[run]``,
+e.g. ``url = "https://alerts.example/hook"`` and ``format = "alertmanager"``; the keys are
+listed in ``ENDPOINT_KEYS``. A key that a table leaves out takes the value of the matching
+``webhook_*`` option of ``[run]``.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from typing import Any, Mapping
 
 ENV_PREFIX = "STREAMAD_RUN_"
 TABLE = "run"
+WEBHOOKS_TABLE = "webhooks"
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")
 
@@ -62,9 +68,12 @@ def load_run_config(path: str | Path | None, run_parser: argparse.ArgumentParser
     values: dict[str, Any] = {}
     if path is not None:
         document = read_toml(path)
-        unknown_tables = sorted(set(document) - {TABLE})
+        unknown_tables = sorted(set(document) - {TABLE, WEBHOOKS_TABLE})
         if unknown_tables:
-            raise ConfigError(f"config file {str(path)!r} has unknown table(s) {unknown_tables}; put the options in [{TABLE}]")
+            raise ConfigError(
+                f"config file {str(path)!r} has unknown table(s) {unknown_tables}; put the options in [{TABLE}] "
+                f"and webhook endpoints in [{WEBHOOKS_TABLE}.<name>]"
+            )
         table = document.get(TABLE, {})
         if not isinstance(table, dict):
             raise ConfigError(f"config file {str(path)!r}: {TABLE!r} must be a table, e.g. [{TABLE}]")
@@ -163,14 +172,131 @@ def check(args) -> int:
             f"config {str(args.config)!r} does not set {', '.join(missing)}; add them to [{TABLE}] or pass them to streamad run"
         )
     run_args = run_parser.parse_args([])
-    if not (run_args.alerts_topic or run_args.alerts or run_args.webhook or run_args.stdout):
-        raise ConfigError(f"config {str(args.config)!r} has no alert destination; set alerts_topic, alerts, webhook or stdout")
+    run_args.config = args.config
+    endpoints = check_webhooks(run_args)
+    if not (run_args.alerts_topic or run_args.alerts or endpoints or run_args.stdout):
+        raise ConfigError(
+            f"config {str(args.config)!r} has no alert destination; set alerts_topic, alerts, webhook or stdout, "
+            f"or add a [{WEBHOOKS_TABLE}.<name>] table"
+        )
     check_checkpoint_options(run_args)
     source_config(run_args)
     bundle = load_bundle(run_args.model)
     StreamEngine(bundle, _engine_config(run_args, has_clock=True))
     print(
         f"config {args.config} is valid: topics {','.join(run_args.topic)} as group {run_args.group_id}, "
-        f"model {bundle.version}, {len(values)} options set by the file and the environment"
+        f"model {bundle.version}, {len(values)} options set by the file and the environment, "
+        f"{len(endpoints)} webhook endpoint(s)"
     )
     return 0
+
+
+# Keys of a [webhooks.<name>] table: the TOML type each takes, and the ``run`` option whose
+# value it takes when the table leaves it out.
+ENDPOINT_KEYS: dict[str, tuple[type | tuple, str | None]] = {
+    "url": (str, None),
+    "format": (str, None),
+    "timeout_s": ((int, float), "webhook_timeout"),
+    "connect_timeout_s": ((int, float), None),
+    "read_timeout_s": ((int, float), None),
+    "secret_env": (str, "webhook_secret_env"),
+    "secret_file": (str, "webhook_secret_file"),
+    "ca_file": (str, "webhook_ca_file"),
+    "cert_file": (str, "webhook_cert_file"),
+    "key_file": (str, "webhook_key_file"),
+    "rate_limit_per_minute": (int, "webhook_rate_limit"),
+    "group_by": (str, None),
+    "group_separator": (str, None),
+    "group_wait_s": ((int, float), None),
+    "max_group_size": (int, None),
+    "max_attempts": (int, "webhook_max_attempts"),
+    "max_age_s": ((int, float), "webhook_max_age_s"),
+    "backoff_base_s": ((int, float), "webhook_backoff_base_s"),
+    "backoff_max_s": ((int, float), "webhook_backoff_max_s"),
+    "headers": (dict, None),
+}
+
+
+def read_webhook_tables(path: str | Path | None) -> dict[str, dict]:
+    """Return the ``[webhooks.<name>]`` tables of the config file at ``path``, keyed by name, with checked keys and types."""
+    if path is None:
+        return {}
+    tables = read_toml(path).get(WEBHOOKS_TABLE, {})
+    if not isinstance(tables, dict):
+        raise ConfigError(f"config file {str(path)!r}: {WEBHOOKS_TABLE!r} must contain tables, e.g. [{WEBHOOKS_TABLE}.pager]")
+    checked: dict[str, dict] = {}
+    for name, table in tables.items():
+        label = f"config file {str(path)!r}: [{WEBHOOKS_TABLE}.{name}]"
+        if not isinstance(table, dict):
+            raise ConfigError(f"{label} must be a table with at least url = \"https://...\"")
+        values = {}
+        for key, value in table.items():
+            normalised = key.replace("-", "_")
+            if normalised not in ENDPOINT_KEYS:
+                raise ConfigError(f"{label}: unknown key {key!r}; use one of {', '.join(ENDPOINT_KEYS)}")
+            expected = ENDPOINT_KEYS[normalised][0]
+            if isinstance(value, bool) or not isinstance(value, expected):
+                kind = {str: "a string", int: "an integer", dict: "a table of strings"}.get(expected, "a number")
+                raise ConfigError(f"{label}: {key} = {value!r} is invalid; use {kind}")
+            if normalised == "headers" and not all(isinstance(item, str) for item in value.values()):
+                raise ConfigError(f"{label}: headers must map header names to strings")
+            values[normalised] = value
+        if "url" not in values:
+            raise ConfigError(f"{label} has no url; add url = \"https://...\"")
+        checked[name] = values
+    return checked
+
+
+def webhook_endpoint_settings(name: str, table: Mapping[str, Any], run_args) -> dict[str, Any]:
+    """Return the WebhookEndpoint keyword arguments of one endpoint: its table over the ``run`` options.
+
+    ``table`` may be empty but for ``url``, as for a ``--webhook URL``. The signing secret is
+    read here, from the environment variable or the file that the settings name.
+    """
+    from connectors.webhook import read_secret
+
+    settings: dict[str, Any] = {}
+    for key, (_, option) in ENDPOINT_KEYS.items():
+        if option is not None and getattr(run_args, option, None) is not None:
+            settings[key] = getattr(run_args, option)
+    # The table's own secret and certificate replace the defaults together, so that a table with
+    # secret_file does not also inherit --webhook-secret-env.
+    if "secret_env" in table or "secret_file" in table:
+        settings.pop("secret_env", None)
+        settings.pop("secret_file", None)
+    if "cert_file" in table:
+        settings.pop("key_file", None)
+    settings.update(table)
+    timeout = settings.pop("timeout_s", 5.0)
+    settings.setdefault("connect_timeout_s", timeout)
+    settings.setdefault("read_timeout_s", timeout)
+    label = f"webhook endpoint {name!r}"
+    settings["secret"] = read_secret(settings.pop("secret_env", None), settings.pop("secret_file", None), label)
+    for key in ("connect_timeout_s", "read_timeout_s", "group_wait_s", "max_age_s", "backoff_base_s", "backoff_max_s"):
+        if key in settings:
+            settings[key] = float(settings[key])
+    return {"name": name, **settings}
+
+
+def check_webhooks(run_args) -> list:
+    """Return the WebhookEndpoints of ``--webhook`` and the config file; raise ConfigError on an invalid one or a missing --outbox."""
+    from connectors.webhook import WebhookEndpoint
+
+    endpoints = []
+    tables = read_webhook_tables(getattr(run_args, "config", None))
+    named = [(url, {"url": url}) for url in run_args.webhook] + list(tables.items())
+    names = set()
+    for name, table in named:
+        if name in names:
+            raise ConfigError(f"webhook endpoint {name!r} is configured twice; remove one, or name the tables differently")
+        names.add(name)
+        try:
+            endpoints.append(WebhookEndpoint(**webhook_endpoint_settings(name, table, run_args)))
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
+    if endpoints and not getattr(run_args, "outbox", None):
+        raise ConfigError(
+            "webhook endpoints need --outbox PATH (config key outbox), the SQLite file where events wait for "
+            "delivery, e.g. /var/lib/streamad/outbox.db"
+        )
+    return endpoints

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 
+from streamad.cli.config import check_webhooks
+
 logger = logging.getLogger(__name__)
 
 
@@ -56,10 +58,11 @@ def build_daemon(args) -> tuple:
     """
     from connectors.files import JsonLinesSink, StdoutSink
     from connectors.kafka import KafkaAlertSink, KafkaDeadLetterSink, KafkaSource
-    from connectors.webhook import WebhookSink
     from streamad.cli.commands import UsageError
 
-    if not (args.alerts_topic or args.alerts or args.webhook or args.stdout):
+    # Raises ConfigError, a ValueError, on an invalid endpoint or a missing --outbox.
+    endpoints = check_webhooks(args)
+    if not (args.alerts_topic or args.alerts or endpoints or args.stdout):
         raise UsageError("no alert destination; pass --alerts-topic, --alerts, --webhook or --stdout")
 
     alert_sinks: list = []
@@ -69,8 +72,10 @@ def build_daemon(args) -> tuple:
         alert_sinks.append(StdoutSink())
     if args.alerts:
         alert_sinks.append(JsonLinesSink(args.alerts))
-    for url in args.webhook:
-        alert_sinks.append(WebhookSink(url, timeout=args.webhook_timeout))
+    if endpoints:
+        alert_sinks.append(build_webhook_sink(args, endpoints))
+    elif args.outbox:
+        logger.warning("--outbox %s is unused: no --webhook or [webhooks.*] endpoint is configured", args.outbox)
     if args.alerts_topic:
         alert_sinks.append(KafkaAlertSink(args.bootstrap_servers, args.alerts_topic))
     if args.dead_letter:
@@ -83,3 +88,22 @@ def build_daemon(args) -> tuple:
         logger.warning("no --dead-letter or --dead-letter-topic: unusable records are only logged")
 
     return KafkaSource(source_config(args)), alert_sinks, dead_letter_sinks, point_sinks
+
+
+def build_webhook_sink(args, endpoints):
+    """Return the WebhookSink of ``endpoints`` on the outbox ``--outbox``, with its sender threads started."""
+    from connectors.webhook import WebhookSink
+
+    if args.webhook_drain_s < 0:
+        raise ValueError(f"--webhook-drain-s {args.webhook_drain_s} is invalid; use seconds >= 0")
+    if args.outbox_keep_delivered_s < 0:
+        raise ValueError(f"--outbox-keep-delivered-s {args.outbox_keep_delivered_s} is invalid; use seconds >= 0, 0 keeps every row")
+    for endpoint in endpoints:
+        logger.info(
+            "webhook endpoint %s: format %s, %s, timeouts %g s connect and %g s read, at most %d attempts",
+            endpoint.name, endpoint.format, "signed" if endpoint.secret else "unsigned",
+            endpoint.connect_timeout_s, endpoint.read_timeout_s, endpoint.max_attempts,
+        )
+    return WebhookSink(
+        endpoints, args.outbox, drain_s=args.webhook_drain_s, keep_delivered_s=args.outbox_keep_delivered_s
+    )
