@@ -74,7 +74,7 @@ def _add_run(subparsers) -> argparse.ArgumentParser:
         ),
     )
     parser.add_argument("--config", help="TOML file whose [run] table sets any of these options. STREAMAD_RUN_<OPTION> variables override it, and options given here override both, except that --topic and --webhook add to the configured lists")
-    parser.add_argument("--model", required=True, help="model bundle directory")
+    parser.add_argument("--model", required=True, help="model bundle directory, or a directory of bundle versions whose current one is used and reloaded when it changes")
     parser.add_argument("--bootstrap-servers", required=True, help="Kafka bootstrap servers, HOST:PORT[,HOST:PORT...]")
     parser.add_argument("--topic", required=True, action="append", help="topic to consume (repeat for several)")
     parser.add_argument("--group-id", required=True, help="Kafka consumer group id")
@@ -95,6 +95,12 @@ def _add_run(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--checkpoint-interval-s", type=float, default=5.0, help="checkpoint and commit at least every this many seconds while records arrive (default 5)")
     parser.add_argument("--per-series-threshold", action="store_true", help="one threshold quantile per series instead of one shared by all; makes each series' alerts independent of the other series")
     _add_scoring_options(parser)
+    # Metrics, health check and model reload.
+    parser.add_argument("--metrics-port", type=int, default=0, help="TCP port of the HTTP server for /metrics (Prometheus text format 0.0.4) and /healthz (default 0: no server)")
+    parser.add_argument("--metrics-address", default="127.0.0.1", help="IP address the /metrics and /healthz server listens on (default 127.0.0.1); an address other than loopback needs --metrics-allow-remote")
+    parser.add_argument("--metrics-allow-remote", action="store_true", help="allow a --metrics-address other than loopback, although the endpoints have no authentication")
+    parser.add_argument("--health-max-stall-s", type=float, default=None, help="seconds without a poll after which /healthz answers 503 (default: --max-poll-interval-ms in seconds)")
+    parser.add_argument("--reload-interval-s", type=float, default=30.0, help="seconds between checks of a --model directory of versions for a new current version, swapped in between batches (default 30; 0 disables reloading)")
     parser.set_defaults(handler=commands.run)
     return parser
 
