@@ -1,7 +1,7 @@
 """The HTTP status server of ``streamad run``: ``GET /metrics`` and ``GET /healthz``.
 
-It runs ``http.server.ThreadingHTTPServer`` in a daemon thread, one thread per request, so a
-slow scraper never blocks the consuming loop, and a request that sends nothing is dropped
+It runs ``http.server.ThreadingHTTPServer`` in a daemon thread, with one thread per request,
+so a slow scraper does not delay the consuming loop. A request that sends nothing is dropped
 after ``request_timeout_s``. It listens on a loopback address unless the caller allows
 another one, because the metrics name topics and the model path and have no authentication.
 """
@@ -58,7 +58,7 @@ class StatusServer:
     render_metrics
         Returns the metrics body, in the format of ``metrics_content_type``.
     health
-        Returns ``(healthy, body)``; ``/healthz`` answers 200 or 503 with ``body`` as JSON.
+        Returns ``(healthy, body)``. ``/healthz`` responds with 200 or 503 and ``body`` as JSON.
     metrics_content_type
         Content-Type of ``/metrics``.
     request_timeout_s

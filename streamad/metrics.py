@@ -1,6 +1,6 @@
 """Prometheus metrics and the health check of the ``streamad run`` daemon.
 
-:class:`DaemonMetrics` holds the daemon's metrics in a ``prometheus_client`` registry of its
+:class:`DaemonMetrics` keeps the daemon's metrics in a ``prometheus_client`` registry of its
 own. The stream runner hands it the loop's state after every poll
 (:meth:`DaemonMetrics.observe_loop`), and the status server (``connectors.http_status``)
 renders it in the Prometheus text exposition format 0.0.4 and asks it for the health check
@@ -36,8 +36,9 @@ disable_created_metrics()
 
 CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
 
-# Batch durations range from milliseconds (a few records) to minutes (a slow webhook or a
-# large model at max_poll_records); a batch must finish within max_poll_interval_ms, 300 s by default.
+# Batch durations range from milliseconds (a few records) to minutes (a slow webhook, or a
+# large model at max_poll_records). The last bucket is the default max_poll_interval_ms of 300 s,
+# within which a batch must finish.
 BATCH_SECONDS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 
 PartitionId = tuple[str, int]

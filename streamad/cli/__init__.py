@@ -99,7 +99,7 @@ def _add_run(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--metrics-port", type=int, default=0, help="TCP port of the HTTP server for /metrics (Prometheus text format 0.0.4) and /healthz (default 0: no server)")
     parser.add_argument("--metrics-address", default="127.0.0.1", help="IP address the /metrics and /healthz server listens on (default 127.0.0.1); an address other than loopback needs --metrics-allow-remote")
     parser.add_argument("--metrics-allow-remote", action="store_true", help="allow a --metrics-address other than loopback, although the endpoints have no authentication")
-    parser.add_argument("--health-max-stall-s", type=float, default=None, help="seconds without a poll after which /healthz answers 503 (default: --max-poll-interval-ms in seconds)")
+    parser.add_argument("--health-max-stall-s", type=float, default=None, help="seconds without a poll after which /healthz returns 503 (default: --max-poll-interval-ms in seconds)")
     parser.add_argument("--reload-interval-s", type=float, default=30.0, help="seconds between checks of a --model directory of versions for a new current version, swapped in between batches (default 30; 0 disables reloading)")
     parser.set_defaults(handler=commands.run)
     return parser

@@ -195,7 +195,7 @@ def _install_stop_handlers(stop: threading.Event) -> None:
     signal.signal(signal.SIGTERM, handle)
 
 
-def _build_metrics(args):
+def _build_metrics(args, engine):
     """Return the daemon's metrics and its started status server, or ``(None, None)`` without ``--metrics-port``."""
     from connectors.http_status import StatusServer, check_listen_address
     from streamad.metrics import CONTENT_TYPE, DaemonMetrics
@@ -211,6 +211,7 @@ def _build_metrics(args):
     if args.metrics_port == 0:
         return None, None
     metrics = DaemonMetrics(max_stall_s)
+    metrics.set_model(engine.bundle.version, engine.bundle.path)
     server = StatusServer(args.metrics_address, args.metrics_port, metrics.render, metrics.health, CONTENT_TYPE)
     return metrics, server.start()
 
@@ -236,7 +237,7 @@ def run(args) -> int:
     bundle = load_bundle(args.model)
     engine = StreamEngine(bundle, _engine_config(args, has_clock=True))
     checkpointer = build_checkpointer(args, engine)
-    metrics, status_server = _build_metrics(args)
+    metrics, status_server = _build_metrics(args, engine)
     reloader = _build_reloader(args, engine, metrics)
     source, alert_sinks, dead_letter_sinks, point_sinks = build_daemon(args)
     stop = threading.Event()
