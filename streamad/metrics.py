@@ -26,7 +26,6 @@ from prometheus_client import (
     disable_created_metrics,
     generate_latest,
 )
-from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +33,8 @@ logger = logging.getLogger(__name__)
 # ``*_created`` gauge beside every counter and histogram series. The switch is process-wide.
 disable_created_metrics()
 
-CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
+# The format that generate_latest writes.
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 # Batch durations range from milliseconds (a few records) to minutes (a slow webhook, or a
 # large model at max_poll_records). The last bucket is the default max_poll_interval_ms of 300 s,

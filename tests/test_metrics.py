@@ -215,3 +215,62 @@ def test_listen_address_rejects_remote(host):
     with pytest.raises(ValueError, match="--metrics-allow-remote"):
         check_listen_address(host, allow_remote=False)
     check_listen_address(host, allow_remote=True)
+
+
+# --- the run options ---
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    import numpy as np
+
+    from streamad.bundle import save_bundle
+    from streamad.data import Series
+    from streamad.training import TrainConfig, train_bundle
+
+    t = np.arange(200)
+    series = Series("sine", t * 60_000, np.sin(t / 6.0)[:, None], ["value"], True)
+    bundle = train_bundle([series], TrainConfig(window=8, latent=1, hidden=8, epochs=1, seed=0), progress=False)
+    directory = tmp_path_factory.mktemp("model")
+    save_bundle(bundle, directory)
+    return directory
+
+
+def _run_arguments(model, *options):
+    # Port 1 of the loopback address has no broker, but the options are checked before any connection.
+    return ["run", "--model", str(model), "--bootstrap-servers", "127.0.0.1:1", "--topic", "t", "--group-id", "g", "--stdout", *options]
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--metrics-port", "9464", "--metrics-address", "0.0.0.0"], "--metrics-allow-remote"),
+        (["--metrics-port", "70000"], "--metrics-port 70000 is invalid"),
+        (["--health-max-stall-s", "0"], "--health-max-stall-s 0.0 is invalid"),
+        (["--reload-interval-s", "-1"], "--reload-interval-s -1.0 is invalid"),
+    ],
+)
+def test_run_rejects_invalid_status_options(tiny_model, capsys, options, message):
+    from streamad.cli import main
+
+    assert main(_run_arguments(tiny_model, *options)) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_run_options_in_config_file(tmp_path):
+    from streamad.cli import build_parser
+    from streamad.cli.config import load_run_config
+
+    path = tmp_path / "run.toml"
+    path.write_text(
+        "[run]\nmetrics_port = 9464\nmetrics_address = \"::1\"\nmetrics_allow_remote = false\n"
+        "health_max_stall_s = 30\nreload_interval_s = 10.5\n"
+    )
+    values = load_run_config(path, build_parser().run_parser, environ={})
+    assert values == {
+        "metrics_port": 9464,
+        "metrics_address": "::1",
+        "metrics_allow_remote": False,
+        "health_max_stall_s": 30.0,
+        "reload_interval_s": 10.5,
+    }
