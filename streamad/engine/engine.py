@@ -311,7 +311,7 @@ class StreamEngine:
                 raise ValueError(
                     f"model bundle {bundle.path} ({bundle.version}) has {name} {getattr(bundle, name)!r}, and the "
                     f"running model {old.version} has {getattr(old, name)!r}; a reload keeps the window buffers, "
-                    f"so retrain with the same {name}, or restart the daemon with the new model and empty checkpoints"
+                    f"so retrain with the same {name}, or restart the daemon, which then ignores the old checkpoints"
                 )
         reference = bundle.validation_scores.get(self.config.score)
         if reference is None or len(reference) == 0:
@@ -333,6 +333,7 @@ class StreamEngine:
         self.model = bundle.model.eval()
         self.threshold = threshold
         self.calibrator = ScoreCalibrator(reference)
+        # NOTE: the peak_score of an incident open at the swap stays the maximum over both models' scores.
         self.incidents.model_version = bundle.version
         logger.info(
             "model swapped: %s -> %s from %s, %d series kept, %d open incidents keep their alert ids",

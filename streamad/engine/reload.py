@@ -95,6 +95,8 @@ class BundleReloader:
         if key == self._current or key == self._rejected:
             return False
 
+        # NOTE: the load blocks the consuming loop, so a bundle that takes longer to load than
+        # max_poll_interval_ms makes the consumer leave its group and rejoin at the next poll.
         try:
             bundle = self.loader(path)
         except Exception as error:  # noqa: BLE001 - a half-written bundle raises JSON, torch or OS errors
