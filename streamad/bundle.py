@@ -10,10 +10,17 @@ A bundle is a directory with four files:
 
 The version is the first 12 hex digits of the SHA-256 of ``model.pt`` and ``config.json``,
 so two bundles with the same weights and configuration have the same version.
+
+A directory of versions contains one bundle per subdirectory. Its current bundle is the
+subdirectory named by the first line of a ``CURRENT`` file when that file exists, and
+otherwise the subdirectory saved last (see :func:`resolve_bundle_path`). Subdirectories
+whose name starts with ``.`` are ignored, so a bundle can be written under a hidden name
+and renamed when complete.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -30,6 +37,8 @@ WEIGHTS_FILE = "model.pt"
 CONFIG_FILE = "config.json"
 METADATA_FILE = "metadata.json"
 VALIDATION_FILE = "validation_scores.json"
+BUNDLE_FILES = (WEIGHTS_FILE, CONFIG_FILE, METADATA_FILE, VALIDATION_FILE)
+CURRENT_FILE = "CURRENT"
 
 
 class BundleError(ValueError):
@@ -109,6 +118,7 @@ def save_bundle(bundle: ModelBundle, directory: str | Path) -> str:
 
     metadata = dict(bundle.metadata)
     metadata["version"] = version
+    metadata["saved_at"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
     metadata["validation_score_statistics"] = {
         name: _score_statistics(np.asarray(scores)) for name, scores in bundle.validation_scores.items()
     }
@@ -123,8 +133,72 @@ def save_bundle(bundle: ModelBundle, directory: str | Path) -> str:
     return version
 
 
+def is_version_directory(directory: str | Path) -> bool:
+    """Return True when ``directory`` is a directory without any bundle file, i.e. a directory of versions."""
+    directory = Path(directory)
+    return directory.is_dir() and not any((directory / name).exists() for name in BUNDLE_FILES)
+
+
+def resolve_bundle_path(directory: str | Path) -> Path:
+    """Return the bundle directory that ``directory`` stands for: itself, or the current version in it.
+
+    For a directory of versions (:func:`is_version_directory`) the current version is
+
+    1. the subdirectory named by the first line of ``directory/CURRENT``, when that file exists;
+    2. otherwise the subdirectory with the latest ``saved_at`` in its ``metadata.json``. A
+       subdirectory without a readable ``saved_at``, for example one still being written,
+       counts with the modification time of its ``metadata.json``, or of itself when that
+       file is missing. Equal times are ordered by name, and hidden subdirectories
+       (name starting with ``.``) are ignored.
+
+    The chosen subdirectory is not checked to be a complete bundle; :func:`load_bundle` does
+    that. Raises BundleError when ``CURRENT`` names no subdirectory or there is none to choose.
+    """
+    directory = Path(directory)
+    if not is_version_directory(directory):
+        return directory
+    current_file = directory / CURRENT_FILE
+    if current_file.is_file():
+        lines = current_file.read_text().strip().splitlines()
+        name = lines[0].strip() if lines else ""
+        if not name or name in (".", "..") or "/" in name or "\\" in name:
+            raise BundleError(
+                f"{current_file} names {name!r}, which is not a subdirectory name; write the name of one "
+                f"version subdirectory of {str(directory)!r} into it"
+            )
+        chosen = directory / name
+        if not chosen.is_dir():
+            raise BundleError(f"{current_file} names {name!r}, but {str(chosen)!r} is not a directory; fix {CURRENT_FILE}")
+        return chosen
+
+    versions = [path for path in directory.iterdir() if path.is_dir() and not path.name.startswith(".")]
+    if not versions:
+        raise BundleError(
+            f"model directory {str(directory)!r} contains neither bundle files nor version subdirectories; "
+            f"pass a bundle written by 'streamad train --out DIR', or a directory of such bundles"
+        )
+    return max(versions, key=lambda path: (_saved_time(path), path.name))
+
+
+def _saved_time(version_directory: Path) -> float:
+    """Return the POSIX time at which the bundle in ``version_directory`` was saved, see :func:`resolve_bundle_path`."""
+    metadata_path = version_directory / METADATA_FILE
+    try:
+        saved_at = json.loads(metadata_path.read_text()).get("saved_at")
+        return dt.datetime.fromisoformat(saved_at).timestamp()
+    except (OSError, ValueError, TypeError, AttributeError):
+        pass
+    try:
+        return metadata_path.stat().st_mtime
+    except OSError:
+        return version_directory.stat().st_mtime
+
+
 def load_bundle(directory: str | Path, device: str = "cpu") -> ModelBundle:
     """Load a bundle written by :func:`save_bundle`, with the model in eval mode.
+
+    ``directory`` is a bundle or a directory of versions, whose current version is loaded
+    (see :func:`resolve_bundle_path`); the bundle's ``path`` is the bundle directory loaded.
 
     Raises
     ------
@@ -132,7 +206,7 @@ def load_bundle(directory: str | Path, device: str = "cpu") -> ModelBundle:
         If a file is missing, the format is newer than this release supports, or the
         files do not match the stored version (the bundle was modified after saving).
     """
-    directory = Path(directory)
+    directory = resolve_bundle_path(directory)
     if not directory.is_dir():
         raise BundleError(f"model bundle {str(directory)!r} not found; train one with 'streamad train --out {directory}'")
     for name in (WEIGHTS_FILE, CONFIG_FILE, METADATA_FILE, VALIDATION_FILE):

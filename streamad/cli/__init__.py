@@ -74,7 +74,7 @@ def _add_run(subparsers) -> argparse.ArgumentParser:
         ),
     )
     parser.add_argument("--config", help="TOML file whose [run] table sets any of these options. STREAMAD_RUN_<OPTION> variables override it, and options given here override both, except that --topic and --webhook add to the configured lists")
-    parser.add_argument("--model", required=True, help="model bundle directory")
+    parser.add_argument("--model", required=True, help="model bundle directory, or a directory of bundle versions whose current one is used and reloaded when it changes")
     parser.add_argument("--bootstrap-servers", required=True, help="Kafka bootstrap servers, HOST:PORT[,HOST:PORT...]")
     parser.add_argument("--topic", required=True, action="append", help="topic to consume (repeat for several)")
     parser.add_argument("--group-id", required=True, help="Kafka consumer group id")
@@ -110,6 +110,12 @@ def _add_run(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--webhook-backoff-max-s", type=float, default=300.0, help="maximum seconds between two attempts (default 300)")
     parser.add_argument("--webhook-rate-limit", type=int, default=0, help="maximum events per minute per endpoint; excess events wait (default 0, no limit)")
     parser.add_argument("--webhook-drain-s", type=float, default=10.0, help="seconds to keep delivering pending events after SIGTERM before exiting (default 10)")
+    # Metrics, health check and model reload.
+    parser.add_argument("--metrics-port", type=int, default=0, help="TCP port of the HTTP server for /metrics (Prometheus text format 0.0.4) and /healthz (default 0: no server)")
+    parser.add_argument("--metrics-address", default="127.0.0.1", help="IP address the /metrics and /healthz server listens on (default 127.0.0.1); an address other than loopback needs --metrics-allow-remote")
+    parser.add_argument("--metrics-allow-remote", action="store_true", help="allow a --metrics-address other than loopback, although the endpoints have no authentication")
+    parser.add_argument("--health-max-stall-s", type=float, default=None, help="seconds without a poll after which /healthz returns 503 (default: --max-poll-interval-ms in seconds)")
+    parser.add_argument("--reload-interval-s", type=float, default=30.0, help="seconds between checks of a --model directory of versions for a new current version, swapped in between batches (default 30; 0 disables reloading)")
     parser.set_defaults(handler=commands.run)
     return parser
 

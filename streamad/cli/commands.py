@@ -195,6 +195,41 @@ def _install_stop_handlers(stop: threading.Event) -> None:
     signal.signal(signal.SIGTERM, handle)
 
 
+def _build_metrics(args, engine):
+    """Return the daemon's metrics and its started status server, or ``(None, None)`` without ``--metrics-port``."""
+    from connectors.http_status import StatusServer, check_listen_address
+    from streamad.metrics import CONTENT_TYPE, DaemonMetrics
+
+    max_stall_s = args.health_max_stall_s
+    if max_stall_s is None:
+        max_stall_s = args.max_poll_interval_ms / 1000.0
+    if not max_stall_s > 0:
+        raise UsageError(f"--health-max-stall-s {max_stall_s} is invalid; use seconds > 0")
+    if not 0 <= args.metrics_port <= 65535:
+        raise UsageError(f"--metrics-port {args.metrics_port} is invalid; use a TCP port in 1-65535, or 0 for no server")
+    check_listen_address(args.metrics_address, args.metrics_allow_remote)
+    if args.metrics_port == 0:
+        return None, None
+    metrics = DaemonMetrics(max_stall_s)
+    metrics.set_model(engine.bundle.version, engine.bundle.path)
+    server = StatusServer(args.metrics_address, args.metrics_port, metrics.render, metrics.health, CONTENT_TYPE)
+    return metrics, server.start()
+
+
+def _build_reloader(args, engine, metrics):
+    """Return the model reloader when ``--model`` is a directory of versions and ``--reload-interval-s`` > 0, else None."""
+    from streamad.bundle import is_version_directory
+    from streamad.engine.reload import BundleReloader
+
+    if args.reload_interval_s < 0:
+        raise UsageError(f"--reload-interval-s {args.reload_interval_s} is invalid; use seconds > 0, or 0 to disable reloading")
+    if args.reload_interval_s == 0 or not is_version_directory(args.model):
+        return None
+    logger.info("checking %s for a new model version every %g s", args.model, args.reload_interval_s)
+    on_result = None if metrics is None else metrics.count_reload
+    return BundleReloader(engine, args.model, args.reload_interval_s, on_result=on_result)
+
+
 def run(args) -> int:
     """Run the Kafka consumer daemon until SIGINT or SIGTERM."""
     from streamad.cli.daemon import build_checkpointer, build_daemon
@@ -202,6 +237,8 @@ def run(args) -> int:
     bundle = load_bundle(args.model)
     engine = StreamEngine(bundle, _engine_config(args, has_clock=True))
     checkpointer = build_checkpointer(args, engine)
+    metrics, status_server = _build_metrics(args, engine)
+    reloader = _build_reloader(args, engine, metrics)
     source, alert_sinks, dead_letter_sinks, point_sinks = build_daemon(args)
     stop = threading.Event()
     _install_stop_handlers(stop)
@@ -210,11 +247,14 @@ def run(args) -> int:
         stats = run_stream(
             engine, source, alert_sinks,
             dead_letter_sinks=dead_letter_sinks, point_sinks=point_sinks, stop=stop, checkpointer=checkpointer,
+            metrics=metrics, reloader=reloader,
         )
     finally:
         source.close()
         for sink in alert_sinks + dead_letter_sinks + point_sinks:
             sink.close()
+        if status_server is not None:
+            status_server.close()
     logger.info(
         "stopped after %d records: %d windows scored, %d events, dead letters %s",
         stats.messages, stats.points, stats.events, dict(stats.dead_letters),

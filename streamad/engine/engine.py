@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from streamad.bundle import ModelBundle
-from streamad.data import format_timestamp
+from streamad.data import StandardScaler, format_timestamp
 from streamad.engine.buffers import SeriesBuffers
 from streamad.engine.incidents import IncidentEvent, IncidentTracker
 from streamad.records import Record
@@ -233,6 +233,7 @@ class StreamEngine:
             "series": series_ids,
             "alert_ids": alert_ids,
             "model_version": self.bundle.version,
+            "scaler": self.bundle.scaler.to_dict(),
             "window": self.bundle.window,
             "channels": len(self.channel_names),
             "stride": self.bundle.stride,
@@ -248,8 +249,13 @@ class StreamEngine:
         The shared threshold quantile is replaced too when ``include_shared_threshold`` is
         True and ``state`` contains it. Raises ValueError, before changing anything, when
         the state was saved with another window, stride, channel count, score, threshold
-        level or threshold mode. State saved with another model version is restored with a
-        warning, because its buffers and incidents still apply.
+        level or threshold mode.
+
+        State saved with another model version, e.g. before a model reload, is restored as
+        by :meth:`swap_bundle`: the buffers are rescaled from the saved scaler to this
+        model's, open incidents keep their alert ids, and the thresholds of the series
+        restart from this model's validation scores. Such state without a saved scaler
+        raises ValueError.
         """
         meta = state.meta
         expected = self.snapshot([]).meta
@@ -259,9 +265,17 @@ class StreamEngine:
                     f"saved engine state has {key}={meta.get(key)!r}, and this engine has {expected[key]!r}; "
                     "restart with the same model and options, or delete the checkpoints"
                 )
+        saved_scaler = None
         if meta["model_version"] != self.bundle.version:
+            if "scaler" not in meta:
+                raise ValueError(
+                    f"saved engine state of model {meta['model_version']} has no scaler to convert its windows "
+                    f"to model {self.bundle.version}; restart with model {meta['model_version']}, or delete the checkpoints"
+                )
+            saved_scaler = StandardScaler.from_dict(meta["scaler"])
             logger.warning(
-                "restoring state saved with model %s into model %s", meta["model_version"], self.bundle.version
+                "restoring state saved with model %s into model %s: windows rescaled, thresholds re-seeded",
+                meta["model_version"], self.bundle.version,
             )
 
         series_ids = list(meta["series"])
@@ -271,7 +285,60 @@ class StreamEngine:
         threshold_arrays = _strip_prefix(state.arrays, "threshold.")
         self.buffers.import_rows(slots, buffer_arrays)
         self.incidents.import_rows(slots, incident_arrays, list(meta["alert_ids"]))
-        self.threshold.import_state(series_ids, threshold_arrays, include_shared=include_shared_threshold)
+        if saved_scaler is None:
+            self.threshold.import_state(series_ids, threshold_arrays, include_shared=include_shared_threshold)
+        else:
+            _rescale_buffer_rows(self.buffers, slots, saved_scaler, self.bundle.scaler)
+            self.threshold.forget(series_ids)
+
+    def swap_bundle(self, bundle: ModelBundle) -> None:
+        """Score with ``bundle`` from the next batch on, keeping the state of every series.
+
+        The window buffers stay and are rescaled from the old bundle's scaler to the new
+        one's, so windows that span the swap are complete. The thresholds and the score
+        calibration are re-seeded from the new bundle's validation scores, because the old
+        quantiles are on the old model's score scale, and warm-up counts restart. An
+        incident open at the swap keeps its ``alert_id`` until it resolves, and its later
+        events carry the new ``model_version``. Incidents opened afterwards get ids with the
+        new version.
+
+        Raises ValueError, before changing anything, when ``bundle`` has another window
+        length, stride or channel list, or no validation scores for the engine's score.
+        """
+        old = self.bundle
+        for name in ("window", "stride", "channels"):
+            if getattr(bundle, name) != getattr(old, name):
+                raise ValueError(
+                    f"model bundle {bundle.path} ({bundle.version}) has {name} {getattr(bundle, name)!r}, and the "
+                    f"running model {old.version} has {getattr(old, name)!r}; a reload keeps the window buffers, "
+                    f"so retrain with the same {name}, or restart the daemon, which then ignores the old checkpoints"
+                )
+        reference = bundle.validation_scores.get(self.config.score)
+        if reference is None or len(reference) == 0:
+            raise ValueError(
+                f"model bundle {bundle.path} ({bundle.version}) has no validation scores for {self.config.score!r}; "
+                f"retrain it with this score"
+            )
+        threshold = AdaptiveThreshold(
+            reference,
+            level=self.config.threshold_level,
+            warmup=self.config.warmup,
+            per_series=self.config.per_series_threshold,
+        )
+
+        slots = list(range(len(self.buffers.series_ids)))
+        _rescale_buffer_rows(self.buffers, slots, old.scaler, bundle.scaler)
+        self.buffers.max_fill = bundle.max_fill
+        self.bundle = bundle
+        self.model = bundle.model.eval()
+        self.threshold = threshold
+        self.calibrator = ScoreCalibrator(reference)
+        # NOTE: the peak_score of an incident open at the swap stays the maximum over both models' scores.
+        self.incidents.model_version = bundle.version
+        logger.info(
+            "model swapped: %s -> %s from %s, %d series kept, %d open incidents keep their alert ids",
+            old.version, bundle.version, bundle.path, len(slots), len(self.incidents.alert_ids),
+        )
 
     def forget(self, series_ids: Sequence[str]) -> None:
         """Reset the state of ``series_ids`` to that of unseen series, e.g. when their partition moves away.
@@ -338,6 +405,19 @@ class StreamEngine:
             "model_version": self.bundle.version,
             "channels": channels,
         }
+
+
+def _rescale_buffer_rows(buffers: SeriesBuffers, slots: list[int], old: StandardScaler, new: StandardScaler) -> None:
+    """Convert the scaled values in rows ``slots`` from scaler ``old`` to scaler ``new``; NaN stays NaN."""
+    if not slots:
+        return
+    # new(x) = (old⁻¹(v) − mean_new) / scale_new is affine in v, per channel.
+    factor = old.scale_ / new.scale_
+    offset = (old.mean_ - new.mean_) / new.scale_
+    values = buffers.values[slots].astype(np.float64)
+    buffers.values[slots] = (values * factor + offset).astype(np.float32)
+    last_values = buffers.last_value[slots].astype(np.float64)
+    buffers.last_value[slots] = (last_values * factor + offset).astype(np.float32)
 
 
 def _strip_prefix(arrays: dict[str, np.ndarray], prefix: str) -> dict[str, np.ndarray]:

@@ -25,10 +25,14 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Protocol, Sequence
+from typing import TYPE_CHECKING, Callable, Iterable, Protocol, Sequence
 
 from streamad.engine.checkpoint import PartitionCheckpointer
 from streamad.engine.engine import ScoredPoint, StreamEngine
+
+if TYPE_CHECKING:
+    from streamad.engine.reload import BundleReloader
+    from streamad.metrics import DaemonMetrics
 
 logger = logging.getLogger(__name__)
 
@@ -51,12 +55,13 @@ class Source(Protocol):
 
 @dataclass
 class RunStats:
-    """Counters of one run: messages, scored points, events and dead letters by reason."""
+    """Counters of one run: messages, scored points, events (also by status) and dead letters by reason."""
 
     messages: int = 0
     points: int = 0
     events: int = 0
     dead_letters: Counter = field(default_factory=Counter)
+    events_by_status: Counter = field(default_factory=Counter)
 
 
 def dead_letter_entry(message, reason: str, detail: str) -> dict:
@@ -95,14 +100,17 @@ def run_stream(
     until: Callable[[], bool] | None = None,
     on_points: Callable[[list[ScoredPoint]], None] | None = None,
     checkpointer: PartitionCheckpointer | None = None,
+    metrics: DaemonMetrics | None = None,
+    reloader: BundleReloader | None = None,
 ) -> RunStats:
     """Run the loop until ``stop`` is set or ``until()`` returns True after a batch.
 
     Every batch is handed to the sinks and flushed before its offsets are committed.
     ``point_sinks`` receive every scored point as a dict. Without ``checkpointer`` the
     offsets of every batch are committed after it. With one, they are committed after each
-    checkpoint and once more when the loop ends. On exit the sinks are flushed; the source
-    and sinks are left open for the caller to close.
+    checkpoint and once more when the loop ends. After every poll, ``metrics`` gets the
+    counters, the lag and the checkpoint times, and ``reloader`` may swap in a new model.
+    On exit the sinks are flushed; the source and sinks are left open for the caller to close.
     """
     stop = stop or threading.Event()
     alert_sinks = list(alert_sinks)
@@ -116,6 +124,7 @@ def run_stream(
 
     while not stop.is_set():
         messages = source.poll()
+        polled_at = time.monotonic()
         if messages:
             try:
                 _process_batch(engine, messages, alert_sinks, dead_letter_sinks, point_sinks, stats, on_points)
@@ -131,6 +140,10 @@ def run_stream(
         # are checkpointed and committed within interval_s.
         if checkpointer is not None and checkpointer.due():
             _checkpoint_and_commit(checkpointer, source)
+        if metrics is not None:
+            _update_metrics(metrics, engine, source, checkpointer, messages, stats, polled_at)
+        if reloader is not None:
+            _reload_model(reloader)
         if until is not None and until():
             break
 
@@ -139,6 +152,30 @@ def run_stream(
     if checkpointer is not None:
         _checkpoint_and_commit(checkpointer, source)
     return stats
+
+
+def _update_metrics(metrics, engine, source, checkpointer, messages, stats: RunStats, polled_at: float) -> None:
+    """Hand the state of the loop after one poll to ``metrics``; a failure is logged and the loop goes on."""
+    try:
+        metrics.set_model(engine.bundle.version, engine.bundle.path)
+        metrics.observe_loop(
+            polled_at=polled_at,
+            messages=messages,
+            stats=stats,
+            batch_seconds=time.monotonic() - polled_at if messages else None,
+            lag=getattr(source, "lag", None),
+            checkpoints=None if checkpointer is None else checkpointer.checkpointed,
+            checkpoint_path=None if checkpointer is None else checkpointer.store.path,
+        )
+    except Exception as error:  # noqa: BLE001 - metrics must never stop the scoring
+        metrics.update_failures += 1
+        if metrics.update_failures in (1, 10, 100) or metrics.update_failures % 1000 == 0:
+            logger.error("updating the metrics failed (%d times so far), continuing: %r", metrics.update_failures, error)
+
+
+def _reload_model(reloader: BundleReloader) -> None:
+    """Let ``reloader`` swap in a new model version between two batches; it logs its own failures."""
+    reloader.check()
 
 
 def _checkpoint_and_commit(checkpointer: PartitionCheckpointer, source: Source) -> None:
@@ -197,6 +234,7 @@ def _process_batch(engine, messages, alert_sinks, dead_letter_sinks, point_sinks
     stats.messages += len(messages)
     stats.points += len(result.points)
     stats.events += len(result.events)
+    stats.events_by_status.update(event["status"] for event in result.events)
     last = messages[-1]
     logger.debug(
         "batch of %d messages up to topic=%s partition=%s offset=%s: %d windows, %d events in %.3f s",

@@ -1,0 +1,348 @@
+"""`streamad run` against a real Kafka broker: /metrics and /healthz, and a model reloaded mid-stream.
+
+Each test starts the daemon as a subprocess on a slice of NAB's machine-temperature series
+with a few bad records and an injected spike, and reads its state over HTTP as Prometheus
+would.
+"""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import numpy as np
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from shared_data import MACHINE_TEMPERATURE, require
+from streamad.bundle import save_bundle
+from streamad.data import load_series
+from streamad.engine.incidents import alert_id_for
+from streamad.records import Record
+from streamad.training import TrainConfig, train_bundle
+
+pytestmark = pytest.mark.kafka
+
+TRAIN_ROWS = 3400
+STREAM_ROWS = slice(3400, 4400)
+SPIKE_ROWS = slice(700, 706)
+SERIES = "machine"
+# Maximum seconds a test waits for the daemon to reach a state.
+WAIT_S = 120.0
+CONSUMER_OPTIONS = [
+    "--session-timeout-ms", "6000",
+    "--heartbeat-interval-ms", "2000",
+    # Long enough that the webhook stall of the health test does not make the consumer leave the group.
+    "--max-poll-interval-ms", "30000",
+    "--max-poll-records", "50",
+]
+
+
+@pytest.fixture(scope="module")
+def machine_temperature():
+    return load_series(require(MACHINE_TEMPERATURE), out_of_order="drop")
+
+
+def _train(machine_temperature, seed):
+    # Short training runs: the tests check the plumbing, not the model's quality.
+    config = TrainConfig(window=32, latent=2, hidden=16, epochs=3, patience=3, seed=seed)
+    return train_bundle([machine_temperature.slice(0, TRAIN_ROWS)], config, progress=False)
+
+
+@pytest.fixture(scope="module")
+def bundles(machine_temperature):
+    return _train(machine_temperature, seed=0), _train(machine_temperature, seed=1)
+
+
+@pytest.fixture(scope="module")
+def records(machine_temperature):
+    """The stream's good records, with a spike that opens an incident."""
+    stream = machine_temperature.slice(STREAM_ROWS.start, STREAM_ROWS.stop)
+    values = stream.values.copy()
+    values[SPIKE_ROWS] += 150.0
+    return [Record(SERIES, int(stream.timestamps[i]), values[i]) for i in range(len(stream))]
+
+
+BAD_RECORDS = [
+    (b"{not json", "invalid_json"),
+    (json.dumps({"series": SERIES, "timestamp": 1, "values": [1.0, 2.0]}).encode(), "wrong_channel_count"),
+    (b'{"series": "machine", "timestamp": 1, "values": [NaN]}', "non_finite"),
+    (b"[1, 2]", "not_object"),
+]
+
+
+def _free_port():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _start_daemon(tmp_path, bootstrap, model, topic, group_id, port, *options, log_name="daemon.log"):
+    command = [
+        sys.executable, "-m", "streamad", "--log-level", "INFO", "run",
+        "--model", str(model), "--bootstrap-servers", bootstrap, "--topic", topic, "--group-id", group_id,
+        "--alerts", str(tmp_path / "alerts.jsonl"), "--dead-letter", str(tmp_path / "dead.jsonl"),
+        "--checkpoint-dir", str(tmp_path / "checkpoints"), "--checkpoint-interval-s", "1",
+        "--metrics-port", str(port), *CONSUMER_OPTIONS, *options,
+    ]
+    log = open(tmp_path / log_name, "w")
+    return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+def _get(url):
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read()
+
+
+def _scrape(port):
+    """Return {(name, sorted label items): value} from /metrics, or None while the server is not up."""
+    try:
+        status, body = _get(f"http://127.0.0.1:{port}/metrics")
+    except (urllib.error.URLError, ConnectionError):
+        return None
+    assert status == 200
+    samples = {}
+    for family in text_string_to_metric_families(body.decode()):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return samples
+
+
+def _wait_for(daemon, tmp_path, port, condition, what, log_name="daemon.log"):
+    """Scrape /metrics until ``condition(samples)`` is true; fail with the daemon's log after WAIT_S."""
+    deadline = time.monotonic() + WAIT_S
+    samples = None
+    while time.monotonic() < deadline:
+        assert daemon.poll() is None, f"daemon exited with {daemon.returncode}; log:\n{_log(tmp_path, log_name)}"
+        samples = _scrape(port)
+        if samples is not None and condition(samples):
+            return samples
+        time.sleep(0.3)
+    pytest.fail(f"timed out waiting for {what}; last metrics: {samples}\nlog:\n{_log(tmp_path, log_name)}")
+
+
+def _log(tmp_path, log_name="daemon.log"):
+    return (tmp_path / log_name).read_text()[-4000:]
+
+
+def _stop(daemon, tmp_path, log_name="daemon.log"):
+    daemon.send_signal(signal.SIGTERM)
+    assert daemon.wait(timeout=60) == 0, _log(tmp_path, log_name)
+
+
+def _lag(samples, topic, partition):
+    return samples.get(("streamad_consumer_lag_records", (("partition", str(partition)), ("topic", topic))))
+
+
+def _model_version(samples):
+    for (name, labels), _ in samples.items():
+        if name == "streamad_model_info":
+            return dict(labels)["version"]
+    return None
+
+
+class StallingWebhook:
+    """A webhook endpoint that holds the first event of the spike until the test releases it."""
+
+    def __init__(self, spike_start_ms):
+        self.spike_start_ms = spike_start_ms
+        self.held = threading.Event()
+        self.release = threading.Event()
+        self.events = []
+        webhook = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802 - fixed by BaseHTTPRequestHandler
+                event = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                webhook.events.append(event)
+                start_ms = int(np.datetime64(event["start"].rstrip("Z"), "ms").astype(np.int64))
+                if start_ms >= webhook.spike_start_ms and not webhook.held.is_set():
+                    webhook.held.set()
+                    webhook.release.wait(timeout=WAIT_S)
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/alerts"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.release.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_daemon_serves_metrics_and_health(kafka_bootstrap, new_topic, group_id, bundles, records, tmp_path):
+    from connectors.kafka import produce_records
+
+    bundle_dir = tmp_path / "model"
+    save_bundle(bundles[0], bundle_dir)
+    topic = new_topic(1, prefix="metrics")
+    payloads = records[:300] + [payload for payload, _ in BAD_RECORDS] + records[300:]
+    acknowledged = produce_records(kafka_bootstrap, topic, payloads)
+    last_offset = max(offset for _, offset in acknowledged)
+
+    webhook = StallingWebhook(records[SPIKE_ROWS.start].timestamp)
+    port = _free_port()
+    daemon = _start_daemon(
+        tmp_path, kafka_bootstrap, bundle_dir, topic, group_id, port,
+        "--webhook", webhook.url, "--webhook-timeout", "120", "--health-max-stall-s", "2",
+    )
+    try:
+        _wait_for(daemon, tmp_path, port, lambda samples: True, "the metrics server")
+        status, body = _get(f"http://127.0.0.1:{port}/healthz")
+        assert status == 200, body
+        assert json.loads(body)["model_version"] == bundles[0].version
+
+        # The webhook delays its response to the spike's first event, so the loop stalls in the middle of the stream.
+        assert webhook.held.wait(timeout=WAIT_S), f"no event of the spike reached the webhook; log:\n{_log(tmp_path)}"
+        deadline = time.monotonic() + 30
+        status = None
+        while time.monotonic() < deadline:
+            status, body = _get(f"http://127.0.0.1:{port}/healthz")
+            if status == 503:
+                break
+            time.sleep(0.2)
+        assert status == 503, f"/healthz stayed {status} while the loop was stalled: {body}"
+        assert json.loads(body)["status"] == "stalled"
+        stalled = _scrape(port)
+        assert _lag(stalled, topic, 0) > 0
+        assert stalled[("streamad_seconds_since_last_poll", ())] > 2
+        webhook.release.set()
+
+        samples = _wait_for(
+            daemon, tmp_path, port,
+            lambda samples: samples.get(("streamad_checkpoint_offset", (("partition", "0"), ("topic", topic)))) == last_offset
+            and _lag(samples, topic, 0) == 0,
+            "the whole stream to be checkpointed",
+        )
+        status, body = _get(f"http://127.0.0.1:{port}/healthz")
+        assert status == 200, body
+        _stop(daemon, tmp_path)
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+        webhook.close()
+
+    assert samples[("streamad_records_total", (("topic", topic),))] == len(payloads)
+    windows = len(records) - 32 + 1
+    assert samples[("streamad_windows_scored_total", ())] == windows
+    dead_letters = {dict(labels)["reason"]: value for (name, labels), value in samples.items() if name == "streamad_dead_letters_total"}
+    assert dead_letters == {reason: 1 for _, reason in BAD_RECORDS}
+    events = [json.loads(line) for line in (tmp_path / "alerts.jsonl").read_text().splitlines()]
+    assert events, "the spike raised no incident"
+    by_status = {dict(labels)["status"]: value for (name, labels), value in samples.items() if name == "streamad_incident_events_total"}
+    assert by_status == dict(Counter(event["status"] for event in events))
+    assert samples[("streamad_batch_duration_seconds_count", ())] >= len(payloads) / 50
+    assert samples[("streamad_batch_duration_seconds_bucket", (("le", "+Inf"),))] == samples[("streamad_batch_duration_seconds_count", ())]
+    # The held batch took longer than the stall limit.
+    assert samples[("streamad_batch_duration_seconds_bucket", (("le", "1.0"),))] < samples[("streamad_batch_duration_seconds_count", ())]
+    assert _model_version(samples) == bundles[0].version
+    checkpoint_time = samples[("streamad_checkpoint_last_success_timestamp_seconds", (("partition", "0"), ("topic", topic)))]
+    assert abs(checkpoint_time - time.time()) < WAIT_S
+    assert samples[("streamad_uptime_seconds", ())] > 0
+
+
+def _write_half_bundle(bundle, target, staging):
+    """Leave ``target`` as a copy in progress: the config and half of the weights, no metadata yet."""
+    save_bundle(bundle, staging)
+    target.mkdir()
+    (target / "config.json").write_bytes((staging / "config.json").read_bytes())
+    weights = (staging / "model.pt").read_bytes()
+    (target / "model.pt").write_bytes(weights[: len(weights) // 2])
+
+
+def test_daemon_reloads_model_mid_stream(kafka_bootstrap, new_topic, group_id, bundles, records, tmp_path):
+    from connectors.kafka import produce_records
+
+    old, new = bundles
+    versions = tmp_path / "models"
+    save_bundle(old, versions / "v1")
+    topic = new_topic(1, prefix="reload")
+    half = 500
+    produce_records(kafka_bootstrap, topic, records[:half])
+
+    port = _free_port()
+    daemon = _start_daemon(tmp_path, kafka_bootstrap, versions, topic, group_id, port, "--reload-interval-s", "1")
+    try:
+        _wait_for(
+            daemon, tmp_path, port,
+            lambda samples: samples.get(("streamad_records_total", (("topic", topic),))) == half,
+            "the first half of the stream",
+        )
+        # A copy in progress is the newest version: it fails to load, and the daemon goes on with v1.
+        _write_half_bundle(new, versions / "v2", tmp_path / "staging")
+        _wait_for(
+            daemon, tmp_path, port,
+            lambda samples: samples.get(("streamad_model_reloads_total", (("result", "failed"),)), 0) >= 2,
+            "two failed reloads of the half-written bundle",
+        )
+        save_bundle(new, versions / "v2")
+        samples = _wait_for(
+            daemon, tmp_path, port, lambda samples: _model_version(samples) == new.version, "the new model version"
+        )
+        assert samples[("streamad_model_reloads_total", (("result", "loaded"),))] == 1
+
+        acknowledged = produce_records(kafka_bootstrap, topic, records[half:])
+        last_offset = max(offset for _, offset in acknowledged)
+        _wait_for(
+            daemon, tmp_path, port,
+            lambda samples: samples.get(("streamad_checkpoint_offset", (("partition", "0"), ("topic", topic)))) == last_offset,
+            "the whole stream to be checkpointed",
+        )
+        _stop(daemon, tmp_path)
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+
+    log = (tmp_path / "daemon.log").read_text()
+    assert "cannot load model bundle" in log
+    assert f"model swapped: {old.version} -> {new.version}" in log
+    events = [json.loads(line) for line in (tmp_path / "alerts.jsonl").read_text().splitlines()]
+    second_half_start = records[half].timestamp
+    later = [event for event in events if _epoch_ms(event["timestamp"]) >= second_half_start]
+    assert any(event["status"] == "firing" for event in later), "the spike raised no incident after the reload"
+    assert all(event["model_version"] == new.version for event in later)
+    assert all(event["model_version"] == old.version for event in events if event not in later)
+    # An incident opened before the swap keeps the old model's alert id, also in events the new model scored.
+    for event in events:
+        start = _epoch_ms(event["start"])
+        version = new.version if start >= second_half_start else old.version
+        assert event["alert_id"] == alert_id_for(SERIES, start, version)
+
+    # A restart with the directory of versions loads v2 and restores the checkpoint it wrote.
+    restart_log = "restart.log"
+    daemon = _start_daemon(
+        tmp_path, kafka_bootstrap, versions, topic, group_id, port, "--reload-interval-s", "1", log_name=restart_log
+    )
+    try:
+        samples = _wait_for(
+            daemon, tmp_path, port, lambda samples: "restored checkpoint" in _log(tmp_path, restart_log),
+            "the restart to restore its checkpoint", log_name=restart_log,
+        )
+        assert _model_version(samples) == new.version
+        _stop(daemon, tmp_path, restart_log)
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+    assert "checkpoint ignored" not in _log(tmp_path, restart_log)
+
+
+def _epoch_ms(text):
+    return int(np.datetime64(text.rstrip("Z"), "ms").astype(np.int64))
