@@ -163,8 +163,8 @@ def check(args) -> int:
             f"config {str(args.config)!r} does not set {', '.join(missing)}; add them to [{TABLE}] or pass them to streamad run"
         )
     run_args = run_parser.parse_args([])
-    if not (run_args.alerts_topic or run_args.alerts or run_args.webhook or run_args.stdout):
-        raise ConfigError(f"config {str(args.config)!r} has no alert destination; set alerts_topic, alerts, webhook or stdout")
+    if not (run_args.alerts_topic or run_args.alerts or run_args.webhook or run_args.stdout or run_args.alertmanager):
+        raise ConfigError(f"config {str(args.config)!r} has no alert destination; set alerts_topic, alerts, webhook, alertmanager or stdout")
     check_checkpoint_options(run_args)
     source_config(run_args)
     bundle = load_bundle(run_args.model)

@@ -59,8 +59,8 @@ def build_daemon(args) -> tuple:
     from connectors.webhook import WebhookSink
     from streamad.cli.commands import UsageError
 
-    if not (args.alerts_topic or args.alerts or args.webhook or args.stdout):
-        raise UsageError("no alert destination; pass --alerts-topic, --alerts, --webhook or --stdout")
+    if not (args.alerts_topic or args.alerts or args.webhook or args.stdout or getattr(args, "alertmanager", None)):
+        raise UsageError("no alert destination; pass --alerts-topic, --alerts, --webhook, --alertmanager or --stdout")
 
     alert_sinks: list = []
     dead_letter_sinks: list = []
@@ -73,6 +73,7 @@ def build_daemon(args) -> tuple:
         alert_sinks.append(WebhookSink(url, timeout=args.webhook_timeout))
     if args.alerts_topic:
         alert_sinks.append(KafkaAlertSink(args.bootstrap_servers, args.alerts_topic))
+    alert_sinks.extend(alertmanager_sinks(args))
     if args.dead_letter:
         dead_letter_sinks.append(JsonLinesSink(args.dead_letter))
     if args.dead_letter_topic:
@@ -83,3 +84,16 @@ def build_daemon(args) -> tuple:
         logger.warning("no --dead-letter or --dead-letter-topic: unusable records are only logged")
 
     return KafkaSource(source_config(args)), alert_sinks, dead_letter_sinks, point_sinks
+
+
+def alertmanager_sinks(args) -> list:
+    """Return the Alertmanager client of ``--alertmanager`` in a list, or an empty list without it."""
+    if not getattr(args, "alertmanager", None):
+        return []
+    from connectors.alertmanager import AlertmanagerClient
+
+    return [
+        AlertmanagerClient(
+            args.alertmanager, resend_interval_s=args.alertmanager_resend_s, timeout_s=args.alertmanager_timeout_s
+        )
+    ]
