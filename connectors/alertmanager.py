@@ -183,7 +183,8 @@ class AlertmanagerClient:
             with self._condition:
                 if delivered:
                     # Alerts queued during the POST stay; the ones sent leave the queue.
-                    del self._pending[: len(pending)]
+                    sent = {id(alert) for alert in pending}
+                    self._pending = [alert for alert in self._pending if id(alert) not in sent]
                     self._next_send = self.clock() + self.resend_interval_s
                 else:
                     self._changed = self._changed or bool(self._pending)
