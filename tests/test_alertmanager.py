@@ -190,3 +190,84 @@ def test_client_rejects_bad_settings():
         AlertmanagerClient("alertmanager:9093")
     with pytest.raises(ValueError, match="--alertmanager-resend-s 0"):
         AlertmanagerClient("http://127.0.0.1:9", resend_interval_s=0)
+
+
+# `streamad run --alertmanager` against a real Kafka broker and the recording server.
+
+NAB_FILE = "artificialWithAnomaly/art_daily_jumpsup.csv"
+
+
+@pytest.mark.kafka
+def test_daemon_pushes_incidents_to_alertmanager(alertmanager, kafka_bootstrap, new_topic, group_id, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from connectors.kafka import produce_records
+    from shared_data import NAB_DATA, require
+    from streamad.bundle import save_bundle
+    from streamad.data import format_timestamp, load_series
+    from streamad.engine import EngineConfig, StreamEngine
+    from streamad.records import Record
+    from streamad.training import TrainConfig, train_bundle
+
+    series = load_series(require(NAB_DATA / NAB_FILE))
+    train_rows = int(0.15 * len(series))
+    config = TrainConfig(window=32, latent=2, hidden=32, epochs=30, seed=0)
+    bundle = train_bundle([series.slice(0, train_rows)], config, progress=False, score_names=("likelihood",))
+    save_bundle(bundle, tmp_path / "model")
+
+    # Stream up to a few points into the last incident, so that it is still open when the
+    # records run out and the client has to re-send it.
+    stream = series.slice(train_rows, None)
+    records = [Record(stream.series_id, int(stream.timestamps[i]), stream.values[i]) for i in range(len(stream))]
+    engine = StreamEngine(bundle, EngineConfig(resolve_after_s=3600))
+    replayed = engine.process(records).events
+    last_firing = [event for event in replayed if event["status"] == "firing"][-1]
+    assert [event["status"] for event in replayed].count("resolved") >= 1
+    cut = next(i for i, record in enumerate(records) if format_timestamp(record.timestamp, True) == last_firing["start"]) + 3
+    topic = new_topic(1, prefix="metrics")
+    produce_records(kafka_bootstrap, topic, records[:cut])
+
+    command = [
+        sys.executable, "-m", "streamad", "run", "--model", str(tmp_path / "model"),
+        "--bootstrap-servers", kafka_bootstrap, "--topic", topic, "--group-id", group_id,
+        "--alertmanager", alertmanager.url, "--alertmanager-resend-s", "0.5",
+        "--alerts", str(tmp_path / "alerts.jsonl"), "--resolve-after-s", "3600", "--label", "team=nab",
+        "--session-timeout-ms", "6000", "--heartbeat-interval-ms", "2000", "--max-poll-interval-ms", "10000",
+    ]
+    log_path = tmp_path / "daemon.log"
+    with open(log_path, "w") as log:
+        daemon = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        def received():
+            return [alert for _, body, _ in alertmanager.posts for alert in body]
+
+        def resolved_and_resent():
+            alerts = received()
+            firing = [alert for alert in alerts if "endsAt" not in alert]
+            starts = [alert["startsAt"] for alert in firing]
+            return any("endsAt" in alert for alert in alerts) and len(starts) > len(set(starts))
+
+        assert alertmanager.wait_for(resolved_and_resent, timeout=120), (
+            f"no resolved and re-sent alerts; posts {len(alertmanager.posts)}; log:\n{log_path.read_text()[-3000:]}"
+        )
+        daemon.send_signal(signal.SIGTERM)
+        assert daemon.wait(timeout=30) == 0
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+
+    events = [json.loads(line) for line in (tmp_path / "alerts.jsonl").read_text().splitlines()]
+    resolved_events = [event for event in events if event["status"] == "resolved"]
+    assert resolved_events
+    alerts = received()
+    ended = {alert["startsAt"]: alert["endsAt"] for alert in alerts if "endsAt" in alert}
+    for event in resolved_events:
+        assert ended.get(event["start"]) == event["end"]
+    open_alerts = [alert for alert in alerts if alert["startsAt"] == last_firing["start"]]
+    assert len(open_alerts) >= 2
+    assert all("endsAt" not in alert for alert in open_alerts)
+    assert all(alert["labels"]["team"] == "nab" for alert in alerts)
+    assert all(alert["labels"]["alertname"] == "StreamADAnomaly" for alert in alerts)
