@@ -104,6 +104,7 @@ def test_labels_reject_builtin_except_alertname():
     labels = _decorated(content)["labels"]
     assert labels == {
         "alertname": "PumpAnomaly",
+        "alert_id": "id-pump-7",
         "series": "pump-7",
         "severity": "critical",
         "model_version": "5bd0c2a1f9e4",
@@ -189,6 +190,7 @@ def test_webhook_payload_firing_fields():
     assert body["truncatedAlerts"] == 0
     assert body["commonLabels"] == {"alertname": "StreamADAnomaly", "model_version": "5bd0c2a1f9e4", "score_name": "likelihood"}
     assert "series" not in body["commonLabels"]
+    assert "alert_id" not in body["commonLabels"]
     assert body["commonAnnotations"]["channels"] == "flow 75.0% (90.0 nats), latent 25.0% (30.0 nats)"
     first, second = body["alerts"]
     assert first["status"] == "firing"
@@ -197,7 +199,7 @@ def test_webhook_payload_firing_fields():
     assert first["labels"]["severity"] == "critical"
     assert second["labels"]["severity"] == "warning"
     assert first["annotations"]["summary"] == "Anomaly on pump-7 (critical)"
-    for name in ("description", "channels", "score", "peak_score", "threshold", "probability", "alert_id"):
+    for name in ("description", "channels", "score", "peak_score", "threshold", "probability"):
         assert first["annotations"][name]
     assert first["fingerprint"] != second["fingerprint"]
 
@@ -279,3 +281,12 @@ def test_api_alerts_firing_and_resolved():
 def test_api_alerts_leave_out_empty_generator_url():
     (alert,) = alertmanager_api_alerts([_decorated()], now=NOW)
     assert "generatorURL" not in alert
+
+
+def test_consecutive_incidents_distinct_fingerprints():
+    first = _decorated(status="resolved", sequence=2, end="2024-05-01T12:10:00Z", alert_id="first")
+    second = _decorated(alert_id="second", start="2024-05-01T12:40:00Z")
+    body = alertmanager_webhook_payload([first, second], now=NOW)
+    fingerprints = [alert["fingerprint"] for alert in body["alerts"]]
+    assert len(set(fingerprints)) == 2
+    assert [alert["labels"]["alert_id"] for alert in body["alerts"]] == ["first", "second"]

@@ -24,7 +24,9 @@ DEFAULT_CRITICAL_PROBABILITY = 0.999
 # validates annotation names with the same rule.
 LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 # Labels that StreamAD sets on every event. Only ``alertname`` may be overridden.
-BUILTIN_LABELS = ("alertname", "series", "severity", "model_version", "score_name")
+# ``alert_id`` makes each incident its own Alertmanager alert, so that an incident that
+# opens right after another of the same series does not merge with it.
+BUILTIN_LABELS = ("alertname", "alert_id", "series", "severity", "model_version", "score_name")
 # Event fields that an annotation template may use as {name}.
 TEMPLATE_FIELDS = (
     "alert_id", "series", "status", "severity", "score_name", "model_version", "start", "end", "timestamp",
@@ -170,6 +172,7 @@ class AlertContent:
         """Return the label set of an event: the built-in labels, then the configured ones."""
         labels = {
             "alertname": ALERT_NAME,
+            "alert_id": str(event["alert_id"]),
             "series": str(event["series"]),
             "severity": str(event["severity"]),
             "model_version": str(event["model_version"]),
@@ -221,7 +224,6 @@ def builtin_annotations(event: Mapping[str, Any]) -> dict[str, str]:
         "peak_score": peak,
         "threshold": threshold,
         "probability": probability,
-        "alert_id": str(event.get("alert_id", "")),
     }
     channels = event.get("channels") or []
     if channels:
