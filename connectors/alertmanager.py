@@ -6,9 +6,9 @@ alert periodically, and so does :class:`AlertmanagerClient`: every open incident
 again every ``resend_interval_s`` seconds until its ``resolved`` event, which is sent
 with ``endsAt``.
 
-Delivery is best effort and never blocks the daemon's loop: :meth:`AlertmanagerClient.send`
-only queues, and a background thread POSTs, retrying with exponential backoff while
-Alertmanager is unreachable. The offsets of a batch are committed whether or not its
+Delivery is best effort and does not wait for the network in the daemon's loop, because
+:meth:`AlertmanagerClient.send` only queues. A background thread POSTs, and retries with
+exponential backoff while Alertmanager is unreachable. The offsets of a batch are committed whether or not its
 alerts reached Alertmanager yet, and queued alerts are lost when the process dies.
 """
 
@@ -106,7 +106,7 @@ class AlertmanagerClient:
         logger.info("sending alerts to %s, re-sending open incidents every %g s", self.endpoint, resend_interval_s)
 
     def send(self, items: list[dict]) -> None:
-        """Queue incident events; the background thread delivers them. Never blocks on the network."""
+        """Queue incident events for the background thread, without waiting for the network."""
         now = datetime.now(timezone.utc)
         with self._condition:
             for event in items:

@@ -49,11 +49,6 @@ def _decorated(content=None, **fields):
     return (content or AlertContent()).decorate(_event(**fields))
 
 
-def _parse_time(text):
-    # datetime.fromisoformat reads "Z" only from Python 3.11 on.
-    return datetime.fromisoformat(text.replace("Z", "+00:00"))
-
-
 # Severity, labels and annotations
 
 

@@ -14,7 +14,7 @@ WAIT_S = 20.0
 
 
 class FakeAlertmanager:
-    """Record every POST to /api/v2/alerts; answer ``fail_next`` requests with HTTP 503 first."""
+    """Record every POST to /api/v2/alerts; respond to the next ``fail_next`` requests with HTTP 503."""
 
     def __init__(self):
         self.posts = []

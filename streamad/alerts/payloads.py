@@ -99,9 +99,9 @@ def _with_severity(event: Mapping[str, Any]) -> dict[str, Any]:
 def alertmanager_alert(event: Mapping[str, Any], *, generator_url: str = "", now: datetime | None = None) -> dict[str, Any]:
     """Return one alert of an Alertmanager webhook body for an incident event.
 
-    A ``resolved`` event has status ``resolved`` and ``endsAt`` at its ``end``, the last
-    alerting point; ``firing`` and ``update`` events have status ``firing`` and the zero
-    time as ``endsAt``.
+    A ``resolved`` event becomes a ``resolved`` alert whose ``endsAt`` is the event's
+    ``end``, the last alerting point. ``firing`` and ``update`` events become ``firing``
+    alerts with the zero time as ``endsAt``.
     """
     now = now or datetime.now(timezone.utc)
     labels = event_labels(event)
