@@ -95,8 +95,10 @@ class AlertmanagerClient:
         self._active: dict[str, dict[str, Any]] = {}
         # Alerts to send once: resolved incidents, and label sets replaced by a new severity.
         self._pending: list[dict[str, Any]] = []
-        self._changed = False
-        self._next_send = 0.0
+        # Open incidents whose alert changed since it was last sent; sent without waiting for the re-send.
+        self._changed: set[str] = set()
+        self._next_resend = 0.0
+        self._next_retry = 0.0
         self._failures = 0
         self._dropped = 0
         self._stopping = False
@@ -126,7 +128,7 @@ class AlertmanagerClient:
                     # A new severity is a new label set, so a new alert to Alertmanager: end the old one.
                     self._queue(_ended(previous, rfc3339(now)))
                 self._active[alert_id] = alert
-            self._changed = True
+                self._changed.add(alert_id)
             self._condition.notify()
 
     def _queue(self, alert: dict[str, Any]) -> None:
@@ -173,37 +175,41 @@ class AlertmanagerClient:
                 while not self._stopping and not self._due():
                     self._condition.wait(timeout=self._wait_s())
                 stopping = self._stopping
+                # After a failure, at the re-send time and at the end, every open incident goes
+                # out; otherwise only the changed ones.
+                full = bool(self._failures) or stopping or self.clock() >= self._next_resend
+                changed = set(self._changed) if not full else set(self._active)
+                self._changed.clear()
                 pending = list(self._pending)
-                batch = pending + list(self._active.values())
-                self._changed = False
-            if batch:
-                delivered = self._post(batch)
-            else:
-                delivered = True
+                batch = pending + [alert for alert_id, alert in self._active.items() if alert_id in changed]
+            delivered = self._post(batch) if batch else True
             with self._condition:
                 if delivered:
                     # Alerts queued during the POST stay; the ones sent leave the queue.
                     sent = {id(alert) for alert in pending}
                     self._pending = [alert for alert in self._pending if id(alert) not in sent]
-                    self._next_send = self.clock() + self.resend_interval_s
+                    if full:
+                        self._next_resend = self.clock() + self.resend_interval_s
                 else:
-                    self._changed = self._changed or bool(self._pending)
-                    self._next_send = self.clock() + self._backoff()
+                    self._changed |= changed & set(self._active)
+                    self._next_retry = self.clock() + self._backoff()
             if stopping:
                 return
 
     def _due(self) -> bool:
         if self._failures:
-            return self.clock() >= self._next_send
-        if self._changed:
+            return self.clock() >= self._next_retry
+        if self._changed or self._pending:
             return True
-        return bool(self._active) and self.clock() >= self._next_send
+        return bool(self._active) and self.clock() >= self._next_resend
 
     def _wait_s(self) -> float | None:
         """Return the seconds until the next retry or re-send, or None when only a new event can make one due."""
-        if not (self._failures or self._active):
-            return None
-        return max(0.01, self._next_send - self.clock())
+        if self._failures:
+            return max(0.01, self._next_retry - self.clock())
+        if self._active:
+            return max(0.01, self._next_resend - self.clock())
+        return None
 
     def _backoff(self) -> float:
         return min(self.retry_max_s, self.retry_initial_s * 2.0 ** (self._failures - 1))

@@ -185,6 +185,20 @@ def test_client_ends_old_label_set_on_new_severity(alertmanager):
         client.close()
 
 
+def test_client_sends_only_changed_between_resends(alertmanager):
+    client = AlertmanagerClient(alertmanager.url, resend_interval_s=30, timeout_s=5)
+    try:
+        client.send([_event("firing", 1, alert_id="a1")])
+        assert alertmanager.wait_for(lambda: len(alertmanager.posts) >= 1)
+        client.send([_event("firing", 1, alert_id="a2", series="pump-8")])
+        assert alertmanager.wait_for(lambda: len(alertmanager.posts) >= 2)
+        second = alertmanager.posts[1][1]
+        assert [alert["labels"]["alert_id"] for alert in second] == ["a2"]
+        assert len(client.active_alerts()) == 2
+    finally:
+        client.close()
+
+
 def test_client_rejects_bad_settings():
     with pytest.raises(ValueError, match="--alertmanager 'alertmanager:9093' is invalid"):
         AlertmanagerClient("alertmanager:9093")
