@@ -99,6 +99,8 @@ def channel_entries(attribution: WindowAttribution, channel_names: list[str], to
     ``share`` is None when the varying part of the score is not positive, which only
     the manifold form allows.
     """
+    if top < 0:
+        raise ValueError(f"top={top!r} (--top-channels) is invalid; use a count >= 0")
     residual = attribution.residual
     varying = float(residual.sum() + attribution.latent)
     order = np.argsort(-residual, kind="stable")

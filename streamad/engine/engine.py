@@ -191,7 +191,6 @@ class StreamEngine:
             self.config.labels,
             self.config.annotations,
         )
-        self.log_normalizer = log_normalizer(self.model)
         self.generator = torch.Generator().manual_seed(self.config.seed)
         self.stats: Counter = Counter()
 
@@ -340,7 +339,10 @@ class StreamEngine:
         attribution: dict[int, list[dict]] = {}
         if positions:
             attribution = self._attribute(batch[positions], positions)
-        return [self._event_dict(event, attribution.get(position, [])) for event, position in incident_events]
+        normalizer = log_normalizer(self.model)
+        return [
+            self._event_dict(event, attribution.get(position, []), normalizer) for event, position in incident_events
+        ]
 
     def _attribute(self, windows: torch.Tensor, positions: list[int]) -> dict[int, list[dict]]:
         """Split each window's likelihood score into channels, ``other`` and ``latent`` (see streamad.alerts.attribution).
@@ -355,7 +357,7 @@ class StreamEngine:
             for part, position in zip(parts, positions)
         }
 
-    def _event_dict(self, event: IncidentEvent, channels: list[dict]) -> dict:
+    def _event_dict(self, event: IncidentEvent, channels: list[dict], normalizer: float) -> dict:
         has_clock = self.config.has_clock
         peak_probability = float(self.calibrator.probability([event.peak_score])[0])
         document = {
@@ -374,7 +376,7 @@ class StreamEngine:
             "score_name": self.config.score,
             "model_version": self.bundle.version,
             "channels": channels,
-            "log_normalizer": round(self.log_normalizer, 4),
+            "log_normalizer": round(normalizer, 4),
         }
         return self.content.decorate(document)
 
