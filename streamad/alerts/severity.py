@@ -3,8 +3,8 @@
 The severity comes from the calibrated anomaly probability of the incident's peak score,
 the fraction of the model's validation windows that score at or below it. It never falls
 while an incident is open, so the label set of an incident changes only when its
-severity rises, and its ``resolved`` event has the same labels as the event before it.
-Alertmanager identifies an alert by its label set, so this keeps one incident one alert.
+severity rises. Alertmanager identifies an alert by its label set, so an incident stays one
+alert unless its severity rises.
 """
 
 from __future__ import annotations
