@@ -46,6 +46,14 @@ def _add_scoring_options(parser) -> None:
     parser.add_argument("--level", type=float, default=0.999, help="quantile level of the adaptive threshold (default 0.999)")
     parser.add_argument("--warmup", type=int, default=0, help="scores per series that never alert (default 0)")
     parser.add_argument("--resolve-after", type=int, default=3, help="non-alerting windows that resolve an incident (default 3)")
+    parser.add_argument("--resolve-after-s", type=float, default=None, help="seconds of series time after an incident's last alerting window before a non-alerting window resolves it; replaces --resolve-after for timestamped series, ignored for step-indexed ones (default: unset, use --resolve-after)")
+    parser.add_argument("--update-every", type=int, default=10, help="alerting windows between two update events of an incident (default 10)")
+    parser.add_argument("--update-interval-s", type=float, default=None, help="minimum seconds of series time between two events of an incident before an update; replaces --update-every for timestamped series, ignored for step-indexed ones (default: unset, use --update-every)")
+    parser.add_argument("--top-channels", type=int, default=3, help="channels named in an event's attribution; the rest are summed as 'other' (default 3)")
+    parser.add_argument("--severity-warning", type=float, default=0.99, help="anomaly probability of the incident's peak score at or above which its severity is warning (default 0.99)")
+    parser.add_argument("--severity-critical", type=float, default=0.999, help="anomaly probability of the incident's peak score at or above which its severity is critical (default 0.999)")
+    parser.add_argument("--label", action="append", default=[], metavar="NAME=VALUE", help="label added to every event, e.g. team=pumps; NAME is a Prometheus label name (repeatable)")
+    parser.add_argument("--annotation", action="append", default=[], metavar="NAME=TEMPLATE", help="annotation added to every event; TEMPLATE may use event fields such as {series}, {severity} or {alert_id} (repeatable)")
 
 
 def _add_replay(subparsers) -> None:
@@ -116,8 +124,15 @@ def _add_run(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--metrics-allow-remote", action="store_true", help="allow a --metrics-address other than loopback, although the endpoints have no authentication")
     parser.add_argument("--health-max-stall-s", type=float, default=None, help="seconds without a poll after which /healthz returns 503 (default: --max-poll-interval-ms in seconds)")
     parser.add_argument("--reload-interval-s", type=float, default=30.0, help="seconds between checks of a --model directory of versions for a new current version, swapped in between batches (default 30; 0 disables reloading)")
+    _add_alertmanager_options(parser)
     parser.set_defaults(handler=commands.run)
     return parser
+
+
+def _add_alertmanager_options(parser) -> None:
+    parser.add_argument("--alertmanager", help="base URL of a Prometheus Alertmanager to push incidents to (POST <URL>/api/v2/alerts), best effort with retries, e.g. http://alertmanager:9093")
+    parser.add_argument("--alertmanager-resend-s", type=float, default=60.0, help="seconds between two sends of every open incident to Alertmanager; keep it below Alertmanager's resolve_timeout (default 60)")
+    parser.add_argument("--alertmanager-timeout-s", type=float, default=5.0, help="seconds per Alertmanager request (default 5)")
 
 
 def _add_config(subparsers) -> None:

@@ -34,7 +34,31 @@ def _engine_config(args, has_clock: bool, score: str | None = None) -> EngineCon
         resolve_after=getattr(args, "resolve_after", 3),
         has_clock=has_clock,
         per_series_threshold=getattr(args, "per_series_threshold", False),
+        **_alert_options(args),
     )
+
+
+def _alert_options(args) -> dict:
+    """Return the EngineConfig fields of the incident and alert-content options, validated."""
+    from streamad.alerts.severity import AlertContent, SeverityLevels, parse_key_values
+
+    options = {
+        "resolve_after_s": getattr(args, "resolve_after_s", None),
+        "update_every": getattr(args, "update_every", 10),
+        "update_interval_s": getattr(args, "update_interval_s", None),
+        "top_channels": getattr(args, "top_channels", 3),
+        "severity_warning": getattr(args, "severity_warning", 0.99),
+        "severity_critical": getattr(args, "severity_critical", 0.999),
+        "labels": parse_key_values(getattr(args, "label", []), "--label"),
+        "annotations": parse_key_values(getattr(args, "annotation", []), "--annotation"),
+    }
+    if options["top_channels"] < 0:
+        raise UsageError(f"--top-channels {options['top_channels']} is invalid; use a count >= 0")
+    # Raises ValueError naming the option for a bad cut-off, label or template.
+    AlertContent(
+        SeverityLevels(options["severity_warning"], options["severity_critical"]), options["labels"], options["annotations"]
+    )
+    return options
 
 
 def _load_data(paths, channels: list[str] | None = None) -> list:

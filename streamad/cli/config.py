@@ -174,10 +174,10 @@ def check(args) -> int:
     run_args = run_parser.parse_args([])
     run_args.config = args.config
     endpoints = check_webhooks(run_args)
-    if not (run_args.alerts_topic or run_args.alerts or endpoints or run_args.stdout):
+    if not (run_args.alerts_topic or run_args.alerts or endpoints or run_args.stdout or run_args.alertmanager):
         raise ConfigError(
-            f"config {str(args.config)!r} has no alert destination; set alerts_topic, alerts, webhook or stdout, "
-            f"or add a [{WEBHOOKS_TABLE}.<name>] table"
+            f"config {str(args.config)!r} has no alert destination; set alerts_topic, alerts, webhook, alertmanager "
+            f"or stdout, or add a [{WEBHOOKS_TABLE}.<name>] table"
         )
     check_checkpoint_options(run_args)
     source_config(run_args)

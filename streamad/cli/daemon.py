@@ -62,8 +62,8 @@ def build_daemon(args) -> tuple:
 
     # Raises ConfigError, a ValueError, on an invalid endpoint or a missing --outbox.
     endpoints = check_webhooks(args)
-    if not (args.alerts_topic or args.alerts or endpoints or args.stdout):
-        raise UsageError("no alert destination; pass --alerts-topic, --alerts, --webhook or --stdout")
+    if not (args.alerts_topic or args.alerts or endpoints or args.stdout or getattr(args, "alertmanager", None)):
+        raise UsageError("no alert destination; pass --alerts-topic, --alerts, --webhook, --alertmanager or --stdout")
 
     alert_sinks: list = []
     dead_letter_sinks: list = []
@@ -78,6 +78,7 @@ def build_daemon(args) -> tuple:
         logger.warning("--outbox %s is unused: no --webhook or [webhooks.*] endpoint is configured", args.outbox)
     if args.alerts_topic:
         alert_sinks.append(KafkaAlertSink(args.bootstrap_servers, args.alerts_topic))
+    alert_sinks.extend(alertmanager_sinks(args))
     if args.dead_letter:
         dead_letter_sinks.append(JsonLinesSink(args.dead_letter))
     if args.dead_letter_topic:
@@ -107,3 +108,16 @@ def build_webhook_sink(args, endpoints):
     return WebhookSink(
         endpoints, args.outbox, drain_s=args.webhook_drain_s, keep_delivered_s=args.outbox_keep_delivered_s
     )
+
+
+def alertmanager_sinks(args) -> list:
+    """Return the Alertmanager client of ``--alertmanager`` in a list, or an empty list without it."""
+    if not getattr(args, "alertmanager", None):
+        return []
+    from connectors.alertmanager import AlertmanagerClient
+
+    return [
+        AlertmanagerClient(
+            args.alertmanager, resend_interval_s=args.alertmanager_resend_s, timeout_s=args.alertmanager_timeout_s
+        )
+    ]

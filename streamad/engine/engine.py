@@ -10,12 +10,14 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from streamad.alerts.attribution import attribute_windows, channel_entries, log_normalizer
+from streamad.alerts.severity import AlertContent, SeverityLevels
 from streamad.bundle import ModelBundle
 from streamad.data import StandardScaler, format_timestamp
 from streamad.engine.buffers import SeriesBuffers
 from streamad.engine.incidents import IncidentEvent, IncidentTracker
 from streamad.records import Record
-from streamad.scores import SCORE_NAMES, channel_contributions, score_windows
+from streamad.scores import SCORE_NAMES, score_windows
 from streamad.thresholds import AdaptiveThreshold, ScoreCalibrator
 
 logger = logging.getLogger(__name__)
@@ -42,7 +44,8 @@ class EngineConfig:
     update_every
         Alerting windows between two ``update`` events of an open incident.
     top_channels
-        Channels listed in an event, ranked by their share of the residual term.
+        Channels listed by name in an event, ranked by their whitened squared residual;
+        the rest are summed in an ``other`` entry.
     has_clock
         True when timestamps are epoch milliseconds; False for step indexes.
     seed
@@ -51,6 +54,20 @@ class EngineConfig:
         One threshold quantile per series (True) or one shared by all series (False).
         Only per-series thresholds make a series' results independent of how its
         records interleave with other series' records, e.g. across Kafka partitions.
+    resolve_after_s
+        When set and ``has_clock`` is True, an incident resolves at its first
+        non-alerting point at least this many seconds after its last alerting point,
+        instead of after ``resolve_after`` windows.
+    update_interval_s
+        When set and ``has_clock`` is True, the minimum seconds between two events of an
+        incident before an ``update``, instead of ``update_every`` windows.
+    severity_warning, severity_critical
+        Anomaly probabilities of the peak score at or above which an incident's severity
+        is ``warning`` or ``critical``; below both it is ``info``.
+    labels
+        Extra labels of every event, name to value.
+    annotations
+        Extra annotation templates of every event, name to template.
     """
 
     score: str = "likelihood"
@@ -63,6 +80,12 @@ class EngineConfig:
     has_clock: bool = True
     seed: int = 0
     per_series_threshold: bool = False
+    resolve_after_s: float | None = None
+    update_interval_s: float | None = None
+    severity_warning: float = 0.99
+    severity_critical: float = 0.999
+    labels: dict = field(default_factory=dict)
+    annotations: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -149,7 +172,25 @@ class StreamEngine:
             per_series=self.config.per_series_threshold,
         )
         self.calibrator = ScoreCalibrator(reference)
-        self.incidents = IncidentTracker(bundle.version, self.config.resolve_after, self.config.update_every)
+        self.incidents = IncidentTracker(
+            bundle.version,
+            self.config.resolve_after,
+            self.config.update_every,
+            resolve_after_s=self.config.resolve_after_s,
+            update_interval_s=self.config.update_interval_s,
+            has_clock=self.config.has_clock,
+        )
+        if not self.config.has_clock and (self.config.resolve_after_s is not None or self.config.update_interval_s is not None):
+            logger.warning(
+                "the series have step indexes, not times: incidents resolve after %d windows and update every %d "
+                "windows, and the time settings are ignored",
+                self.config.resolve_after, self.config.update_every,
+            )
+        self.content = AlertContent(
+            SeverityLevels(self.config.severity_warning, self.config.severity_critical),
+            self.config.labels,
+            self.config.annotations,
+        )
         self.generator = torch.Generator().manual_seed(self.config.seed)
         self.stats: Counter = Counter()
 
@@ -363,33 +404,30 @@ class StreamEngine:
             return []
         positions = [position for event, position in incident_events if event.status != "resolved"]
         attribution: dict[int, list[dict]] = {}
-        if positions and self.config.top_channels > 0:
+        if positions:
             attribution = self._attribute(batch[positions], positions)
-        return [self._event_dict(event, attribution.get(position, [])) for event, position in incident_events]
+        normalizer = log_normalizer(self.model)
+        return [
+            self._event_dict(event, attribution.get(position, []), normalizer) for event, position in incident_events
+        ]
 
     def _attribute(self, windows: torch.Tensor, positions: list[int]) -> dict[int, list[dict]]:
-        """Rank channels by the whitened squared residual, ½ Σ_t (x − f(z*))²/σ², of each window."""
-        contributions = channel_contributions(self.model, windows).cpu().numpy()
-        noise_var = self.model.noise_var().detach().double().cpu().numpy()
-        constant = 0.5 * self.bundle.window * np.log(2.0 * np.pi * noise_var)
-        residual = contributions - constant
-        ranked = {}
-        for row, position in enumerate(positions):
-            total = residual[row].sum()
-            order = np.argsort(-residual[row])[: self.config.top_channels]
-            ranked[position] = [
-                {
-                    "channel": self.channel_names[channel],
-                    "nats": round(float(residual[row, channel]), 4),
-                    "share": round(float(residual[row, channel] / total), 4) if total > 0 else None,
-                }
-                for channel in order
-            ]
-        return ranked
+        """Split each window's likelihood score into channels, ``other`` and ``latent`` (see streamad.alerts.attribution).
 
-    def _event_dict(self, event: IncidentEvent, channels: list[dict]) -> dict:
-        has_clock = self.config.has_clock
+        With the ``likelihood`` score the parts use its options, so they sum to the
+        window's score. Other scores get the parts of the default likelihood estimate.
+        """
+        options = dict(self.config.score_options) if self.config.score == "likelihood" else {}
+        parts = attribute_windows(self.model, windows, **options)
         return {
+            position: channel_entries(part, self.channel_names, self.config.top_channels)
+            for part, position in zip(parts, positions)
+        }
+
+    def _event_dict(self, event: IncidentEvent, channels: list[dict], normalizer: float) -> dict:
+        has_clock = self.config.has_clock
+        peak_probability = float(self.calibrator.probability([event.peak_score])[0])
+        document = {
             "alert_id": event.alert_id,
             "sequence": event.sequence,
             "status": event.status,
@@ -401,10 +439,13 @@ class StreamEngine:
             "peak_score": round(event.peak_score, 6),
             "threshold": round(event.threshold, 6),
             "anomaly_probability": round(event.anomaly_probability, 6),
+            "peak_anomaly_probability": round(peak_probability, 6),
             "score_name": self.config.score,
             "model_version": self.bundle.version,
             "channels": channels,
+            "log_normalizer": round(normalizer, 4),
         }
+        return self.content.decorate(document)
 
 
 def _rescale_buffer_rows(buffers: SeriesBuffers, slots: list[int], old: StandardScaler, new: StandardScaler) -> None:
