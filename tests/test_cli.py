@@ -1,7 +1,9 @@
 """The `streamad` command line on real data: help, train, replay, evaluate, errors, demo."""
 
+import base64
 import csv
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -150,3 +152,105 @@ def test_cli_replay_rejects_same_output_file(nab_model, tmp_path):
     result = _streamad("replay", "--model", str(nab_model), "--data", str(MACHINE_TEMPERATURE), "--scores", str(same), "--alerts", str(same))
     assert result.returncode == 2
     assert "are the same file" in result.stderr
+
+
+@pytest.fixture(scope="module")
+def two_channel_model(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("two-channel")
+    rows = ["timestamp,flow,temp"] + [f"2024-01-01T{i // 60:02d}:{i % 60:02d}:00,{1 + (i % 7) * 0.1},{20 + (i % 5) * 0.2}" for i in range(400)]
+    (directory / "train.csv").write_text("\n".join(rows) + "\n")
+    model = directory / "model"
+    assert main(["train", "--data", str(directory / "train.csv"), "--out", str(model), "--window", "8", "--epochs", "2", "--hidden", "16"]) == 0
+    return model
+
+
+def _live_lines(series, count, start_ms=1_700_000_000_000, step_ms=60_000):
+    return [
+        json.dumps({"series": series, "timestamp": start_ms + step_ms * i, "values": [1.0 + (i % 7) * 0.1, 20.0]})
+        for i in range(count)
+    ]
+
+
+# (line, reason) of invalid lines inserted into a replayed JSON-lines file.
+INVALID_LINES = [
+    ('{"series": "pump", "timestamp": ', "invalid_json"),
+    ('[1, 2]', "not_object"),
+    ('{"series": "pump", "values": [1.0, 20.0]}', "missing_field"),
+    ('{"series": "pump", "timestamp": "yesterday", "values": [1.0, 20.0]}', "bad_timestamp"),
+    ('{"series": "pump", "timestamp": 1700000000000, "values": [1.0, "x"]}', "bad_type"),
+    ('{"series": "pump", "timestamp": 1700000000000, "values": [1.0, 2.0, 3.0]}', "wrong_channel_count"),
+]
+
+
+def _replay_file_with_invalid_lines(path):
+    """Write 30 good records with the invalid lines spread among them; return {line number: (line, reason)}."""
+    lines = _live_lines("pump", 30)
+    invalid = {}
+    for index, (line, reason) in enumerate(INVALID_LINES):
+        position = 3 + 4 * index
+        lines.insert(position, line)
+        invalid[position + 1] = (line, reason)
+    path.write_text("\n".join(lines) + "\n")
+    return invalid
+
+
+def test_cli_replay_dead_letter_file(two_channel_model, tmp_path, capsys):
+    data = tmp_path / "live.jsonl"
+    invalid = _replay_file_with_invalid_lines(data)
+    scores = tmp_path / "scores.csv"
+    dead_letters = tmp_path / "dead.jsonl"
+
+    code = main(["replay", "--model", str(two_channel_model), "--data", str(data), "--scores", str(scores), "--alerts", str(tmp_path / "a.jsonl"), "--dead-letter", str(dead_letters)])
+
+    assert code == 0
+    assert len(scores.read_text().splitlines()) == 1 + 30 - 8 + 1
+    entries = [json.loads(line) for line in dead_letters.read_text().splitlines()]
+    assert [entry["offset"] for entry in entries] == sorted(invalid)
+    for entry in entries:
+        line, reason = invalid[entry["offset"]]
+        assert entry["reason"] == reason, line
+        assert entry["topic"] == str(data)
+        assert entry["partition"] == 0
+        assert base64.b64decode(entry["raw_base64"]).decode() == line
+        assert f"line {entry['offset']}" in entry["message"]
+    summary = capsys.readouterr().out
+    assert f"{len(INVALID_LINES)} invalid lines skipped (written to {dead_letters})" in summary
+
+
+def test_cli_replay_logs_invalid_lines_without_dead_letter(two_channel_model, tmp_path, capsys, caplog):
+    data = tmp_path / "live.jsonl"
+    invalid = _replay_file_with_invalid_lines(data)
+    scores = tmp_path / "scores.csv"
+
+    with caplog.at_level(logging.WARNING, logger="streamad.cli.commands"):
+        code = main(["replay", "--model", str(two_channel_model), "--data", str(data), "--scores", str(scores), "--alerts", str(tmp_path / "a.jsonl")])
+
+    assert code == 0
+    assert len(scores.read_text().splitlines()) == 1 + 30 - 8 + 1
+    logged = [record.getMessage() for record in caplog.records if "skipping invalid line" in record.getMessage()]
+    assert len(logged) == len(invalid)
+    for message, line_number in zip(logged, sorted(invalid)):
+        assert f"line={line_number} " in message
+        assert f"reason={invalid[line_number][1]}" in message
+    assert f"{len(INVALID_LINES)} invalid lines skipped (logged only" in capsys.readouterr().out
+
+
+def test_cli_replay_warns_epoch_seconds(two_channel_model, tmp_path, caplog):
+    data = tmp_path / "seconds.jsonl"
+    data.write_text("\n".join(_live_lines("pump-in-seconds", 20, start_ms=1_700_000_000, step_ms=60)) + "\n")
+
+    with caplog.at_level(logging.WARNING, logger="streamad.records"):
+        code = main(["replay", "--model", str(two_channel_model), "--data", str(data), "--scores", str(tmp_path / "s.csv"), "--alerts", str(tmp_path / "a.jsonl")])
+
+    assert code == 0
+    warnings = [record.getMessage() for record in caplog.records if "epoch seconds" in record.getMessage()]
+    assert len(warnings) == 1
+    assert "pump-in-seconds" in warnings[0]
+    assert "1700000000" in warnings[0]
+    assert "send milliseconds" in warnings[0]
+
+
+def test_cli_run_rejects_invalid_max_in_flight(tmp_path, capsys):
+    code = main(["run", "--model", str(tmp_path / "none"), "--bootstrap-servers", "127.0.0.1:9", "--topic", "t", "--group-id", "g", "--stdout", "--max-in-flight", "0"])
+    assert code == 2
+    assert "--max-in-flight 0 is invalid" in capsys.readouterr().err

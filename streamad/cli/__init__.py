@@ -60,6 +60,8 @@ def _add_replay(subparsers) -> None:
     parser.add_argument("--alerts", required=True, help="output JSON lines of incident events (truncated first)")
     parser.add_argument("--speed", type=float, default=None, help="replay this many times faster than real time (default: as fast as possible)")
     _add_scoring_options(parser)
+    # Invalid lines.
+    parser.add_argument("--dead-letter", help="JSON lines file (truncated first) for invalid lines of JSON-lines data files, in the format of streamad run's dead letters; without it they are only logged. Either way they are skipped")
     parser.set_defaults(handler=commands.replay)
 
 
@@ -95,6 +97,8 @@ def _add_run(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--checkpoint-interval-s", type=float, default=5.0, help="checkpoint and commit at least every this many seconds while records arrive (default 5)")
     parser.add_argument("--per-series-threshold", action="store_true", help="one threshold quantile per series instead of one shared by all; makes each series' alerts independent of the other series")
     _add_scoring_options(parser)
+    # Backpressure.
+    parser.add_argument("--max-in-flight", type=int, default=10_000, help="maximum number of events accepted but not yet delivered by asynchronous sinks, such as a webhook outbox; above it the daemon pauses its partitions until the backlog falls below half (default 10000)")
     parser.set_defaults(handler=commands.run)
     return parser
 
