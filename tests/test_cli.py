@@ -113,7 +113,7 @@ def test_cli_unknown_score(nab_model, tmp_path):
 def test_cli_invalid_train_option(tmp_path):
     result = _streamad("train", "--data", str(require(MACHINE_TEMPERATURE)), "--out", str(tmp_path / "m"), "--window", "0")
     assert result.returncode == 2
-    assert "window=0 is invalid" in result.stderr
+    assert "--window 0 is invalid" in result.stderr
 
 
 def test_cli_run_needs_alert_destination(nab_model):
@@ -254,3 +254,54 @@ def test_cli_run_rejects_invalid_max_in_flight(tmp_path, capsys):
     code = main(["run", "--model", str(tmp_path / "none"), "--bootstrap-servers", "127.0.0.1:9", "--topic", "t", "--group-id", "g", "--stdout", "--max-in-flight", "0"])
     assert code == 2
     assert "--max-in-flight 0 is invalid" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["train", "--max-fill", "-1"], "streamad train: error: --max-fill -1 is invalid"),
+        (["train", "--learning-rate", "0"], "streamad train: error: --learning-rate 0.0 is invalid"),
+        (["train", "--validation-fraction", "2"], "streamad train: error: --validation-fraction 2.0 is invalid"),
+        (["train", "--train-fraction", "0"], "streamad train: error: --train-fraction 0.0 is invalid"),
+        (["train", "--epochs", "0"], "streamad train: error: --epochs 0 is invalid"),
+        (["replay", "--resolve-after", "0"], "streamad replay: error: --resolve-after 0 is invalid"),
+        (["replay", "--warmup", "-1"], "streamad replay: error: --warmup -1 is invalid"),
+        (["replay", "--level", "2"], "streamad replay: error: threshold --level 2.0 is invalid"),
+        (["replay", "--speed", "0"], "streamad replay: error: --speed 0.0 is invalid"),
+    ],
+)
+def test_cli_errors_name_options(two_channel_model, tmp_path, capsys, argv, expected):
+    data = tmp_path / "live.jsonl"
+    data.write_text("\n".join(_live_lines("pump", 40)) + "\n")
+    command, *options = argv
+    if command == "train":
+        full = ["train", "--data", str(data), "--out", str(tmp_path / "model"), *options]
+    else:
+        full = ["replay", "--model", str(two_channel_model), "--data", str(data), "--scores", str(tmp_path / "s.csv"), "--alerts", str(tmp_path / "a.jsonl"), *options]
+
+    assert main(full) == 2
+    error = capsys.readouterr().err
+    assert expected in error
+    assert "_" not in error.split("error:")[1].split(";")[0]
+
+
+def test_cli_run_errors_name_options(two_channel_model, capsys):
+    argv = ["run", "--model", str(two_channel_model), "--bootstrap-servers", "127.0.0.1:9", "--topic", "t", "--group-id", "g", "--stdout"]
+    assert main([*argv, "--heartbeat-interval-ms", "20000"]) == 2
+    assert "--heartbeat-interval-ms 20000 must be less than --session-timeout-ms 10000" in capsys.readouterr().err
+
+
+def test_name_options_rewrites_only_options():
+    from streamad.cli import build_parser
+    from streamad.cli.messages import name_options
+
+    parsers = build_parser().command_parsers
+    train = parsers["train"]
+    assert name_options("max_fill=-1 is invalid", train) == "--max-fill -1 is invalid"
+    assert name_options("(max_fill=3); raise max_fill or clean the data", train) == "(--max-fill 3); raise --max-fill or clean the data"
+    assert name_options("too few for window=200; use a smaller window", train) == "too few for --window 200; use a smaller window"
+    assert name_options("config.max_fill=3 and self.max_fill", train) == "config.max_fill=3 and self.max_fill"
+    assert name_options("update_every=0 is invalid", train) == "update_every=0 is invalid"
+    assert name_options("resolve_after=0 (--resolve-after) is invalid", parsers["replay"]) == "--resolve-after 0 is invalid"
+    assert name_options("window=200 is too long", parsers["select"]) == "window=200 is too long"
+    assert name_options("max_fill=-1 is invalid", None) == "max_fill=-1 is invalid"

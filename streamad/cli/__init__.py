@@ -8,7 +8,7 @@ import sys
 
 from kafka.errors import KafkaError
 
-from streamad.cli import benchmark, commands, config, select
+from streamad.cli import benchmark, commands, config, messages, select
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -174,6 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     select.add_parser(subparsers)
     benchmark.add_parser(subparsers)
     _add_config(subparsers)
+    parser.command_parsers = subparsers.choices
     return parser
 
 
@@ -217,7 +218,8 @@ def main(argv: list[str] | None = None) -> int:
         # Invalid options and missing or malformed files and bundles: one line for the user,
         # the traceback only at DEBUG level.
         logging.getLogger(__name__).debug("command failed", exc_info=True)
-        print(f"streamad {args.command}: error: {error}", file=sys.stderr)
+        message = messages.name_options(str(error), parser.command_parsers.get(args.command))
+        print(f"streamad {args.command}: error: {message}", file=sys.stderr)
         return 2
     except (RuntimeError, KafkaError) as error:
         # Failures of the outside world (Kafka, webhooks, the local broker) and of torch.
