@@ -19,7 +19,9 @@ from streamad.replay import SeriesSource
 logger = logging.getLogger(__name__)
 
 
-def load_file_series(path: str | Path, out_of_order: str = "drop", channels: list[str] | None = None) -> list[Series]:
+def load_file_series(
+    path: str | Path, out_of_order: str = "drop", channels: list[str] | None = None, on_invalid_line=None
+) -> list[Series]:
     """Load every series of a data file: one for CSV and ``.npy``, one or more for JSON lines.
 
     With ``out_of_order="drop"`` rows whose timestamp is not after every earlier row of
@@ -27,10 +29,12 @@ def load_file_series(path: str | Path, out_of_order: str = "drop", channels: lis
     an hour repeated in NAB's machine-temperature file); ``"raise"`` rejects the file.
     ``channels`` selects channels by name (CSV column names, or positions ``"0"``, ``"1"``, ...
     for ``.npy`` files), e.g. the channels a model bundle was trained on.
+    ``on_invalid_line`` skips invalid lines of a JSON lines file, see
+    :func:`~streamad.data.load_series_collection`.
     """
     path = Path(path)
     if path.suffix.lower() in (".jsonl", ".ndjson", ".json"):
-        return load_series_collection(path, channels=channels, out_of_order=out_of_order)
+        return load_series_collection(path, channels=channels, out_of_order=out_of_order, on_invalid_line=on_invalid_line)
     return [load_series(path, channels=channels, out_of_order=out_of_order)]
 
 

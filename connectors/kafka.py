@@ -176,6 +176,7 @@ class _RebalanceListener(ConsumerRebalanceListener):
     def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
         assigned = list(assigned)
         logger.info("Kafka partitions assigned: group=%s partitions=%s", self._source.config.group_id, _format_partitions(assigned))
+        self._source._pause_if_paused(assigned)
         handler = self._source.rebalance_handler
         if handler is None or not assigned:
             return
@@ -217,6 +218,8 @@ class KafkaSource:
         self._buffered: list[SourceMessage] = []
         self._committed: dict[tuple[str, int], int] = {}
         self.rebalance_handler: Any = None
+        # Set by pause() and cleared by resume(); newly assigned partitions are paused while it is set.
+        self._pausing = False
         try:
             self._consumer = KafkaConsumer(
                 bootstrap_servers=config.bootstrap_servers,
@@ -358,6 +361,70 @@ class KafkaSource:
     def assignment(self) -> set[tuple[str, int]]:
         """Return the ``(topic, partition)`` pairs assigned to this consumer now."""
         return {(tp.topic, tp.partition) for tp in self._consumer.assignment()}
+
+    def pause(self) -> set[tuple[str, int]]:
+        """Stop fetching from every assigned partition until :meth:`resume`; return the partitions newly paused.
+
+        Keep calling :meth:`poll`: it keeps the consumer in its group and returns no records of
+        paused partitions, except those that :meth:`wait_for_assignment` fetched earlier.
+        Partitions that a rebalance assigns before :meth:`resume` are paused as they are
+        assigned, before their first fetch.
+        """
+        self._pausing = True
+        return self._pause_partitions(self._consumer.assignment())
+
+    def resume(self) -> set[tuple[str, int]]:
+        """Fetch again from every paused partition; return the partitions resumed."""
+        self._pausing = False
+        resumed = []
+        for tp in self._consumer.paused():
+            try:
+                self._consumer.resume(tp)
+            except KeyError:
+                # Revoked since paused() returned it.
+                continue
+            resumed.append(tp)
+        if resumed:
+            logger.debug("Kafka partitions resumed: group=%s partitions=%s", self.config.group_id, _format_partitions(resumed))
+        return {(tp.topic, tp.partition) for tp in resumed}
+
+    def paused(self) -> set[tuple[str, int]]:
+        """Return the assigned ``(topic, partition)`` pairs that are paused now."""
+        return {(tp.topic, tp.partition) for tp in self._consumer.paused()}
+
+    def _pause_if_paused(self, assigned: Iterable[TopicPartition]) -> None:
+        """Pause newly assigned partitions between :meth:`pause` and :meth:`resume`; called by the rebalance listener.
+
+        kafka-python 3.0.12 gives a newly assigned partition an unpaused state. Pausing it
+        only after its first fetch is not enough: the fetcher can then set aside the parsed
+        records of two paused partitions, and after the resume it goes back to only one of
+        them, so the other is never fetched again (read in kafka/consumer/fetcher.py,
+        ``_paused_partition_records``, and reproduced on Tansu 0.6).
+        """
+        if not self._pausing:
+            return
+        newly_paused = self._pause_partitions(assigned)
+        if newly_paused:
+            logger.info(
+                "Kafka partitions paused on assignment, consumption is paused: group=%s partitions=%s",
+                self.config.group_id, _format_partitions(TopicPartition(*pair) for pair in newly_paused),
+            )
+
+    def _pause_partitions(self, partitions: Iterable[TopicPartition]) -> set[tuple[str, int]]:
+        already_paused = self._consumer.paused()
+        newly_paused = []
+        for tp in partitions:
+            if tp in already_paused:
+                continue
+            try:
+                self._consumer.pause(tp)
+            except KeyError:
+                # Revoked since the caller listed it.
+                continue
+            newly_paused.append(tp)
+        if newly_paused:
+            logger.debug("Kafka partitions paused: group=%s partitions=%s", self.config.group_id, _format_partitions(newly_paused))
+        return {(tp.topic, tp.partition) for tp in newly_paused}
 
     def wait_for_assignment(self, timeout_s: float) -> set[tuple[str, int]]:
         """Poll until the group assigns partitions to this consumer and return them.

@@ -8,7 +8,8 @@ files) it is a UTF-8 JSON object::
 
 ``timestamp`` is either an ISO-8601 string (a string without a UTC offset is read as UTC) or
 a number of milliseconds since the Unix epoch. A series without clock time may send a step
-index as the number instead. ``value`` is shorthand for a single channel. Fields other than
+index as the number instead. A number that looks like epoch seconds is still read as
+milliseconds, with one warning per series (:func:`warn_if_epoch_seconds`). ``value`` is shorthand for a single channel. Fields other than
 ``series``, ``timestamp``, ``values`` and ``value`` are ignored.
 
 :func:`decode_record` raises :class:`InvalidRecord` for every malformed payload, so a consumer
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import math
 import operator
 import sys
@@ -29,7 +31,18 @@ from typing import Any
 
 import numpy as np
 
+logger = logging.getLogger(__name__)
+
 DEFAULT_MAX_BYTES = 1_000_000
+
+# A numeric timestamp in this open range is epoch seconds from 1973 to 5138 or, read as the
+# milliseconds it is taken for, a time between 1970-01-02 and 1973-03-03. Current clocks give
+# about 1.7e9 in seconds and 1.7e12 in milliseconds, so such a value is most likely in seconds.
+EPOCH_SECONDS_RANGE = (100_000_000, 100_000_000_000)
+
+# At most this many series are remembered as warned about epoch seconds; later ones are not warned.
+_MAX_WARNED_SERIES = 10_000
+_series_warned_for_seconds: set[str] = set()
 
 # Longer series ids are rejected because the id becomes the Kafka key of alerts and appears in
 # every log line of the series.
@@ -274,11 +287,35 @@ def _record_from_object(obj: Mapping[Any, Any]) -> Record:
 
     series = _check_series(obj["series"])
     timestamp = _parse_timestamp(obj["timestamp"])
+    if _is_number(obj["timestamp"]):
+        warn_if_epoch_seconds(series, timestamp)
     if has_value:
         values = np.array([float(_check_number(obj["value"], "value"))], dtype=np.float64)
     else:
         values = _values_from_list(obj["values"])
     return Record(series, timestamp, values)
+
+
+def warn_if_epoch_seconds(series: str, timestamp: int) -> bool:
+    """Log a warning, once per series, when a numeric timestamp looks like epoch seconds; return True if it does.
+
+    The timestamp is still read as milliseconds. A series that counts steps instead of clock
+    time may send such values on purpose and can ignore the warning.
+    """
+    low, high = EPOCH_SECONDS_RANGE
+    if not low < timestamp < high:
+        return False
+    if series in _series_warned_for_seconds or len(_series_warned_for_seconds) >= _MAX_WARNED_SERIES:
+        return True
+    _series_warned_for_seconds.add(series)
+    as_seconds = _EPOCH + dt.timedelta(seconds=timestamp)
+    as_milliseconds = _EPOCH + dt.timedelta(milliseconds=timestamp)
+    logger.warning(
+        "series=%s timestamp=%d looks like epoch seconds (%s) but is read as milliseconds (%s); send "
+        "milliseconds since the Unix epoch or an ISO-8601 string. Logged once per series.",
+        _quote(series), timestamp, as_seconds.isoformat(), as_milliseconds.isoformat(timespec="milliseconds"),
+    )
+    return True
 
 
 def _check_series(series: Any) -> str:

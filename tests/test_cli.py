@@ -1,7 +1,9 @@
 """The `streamad` command line on real data: help, train, replay, evaluate, errors, demo."""
 
+import base64
 import csv
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -111,7 +113,7 @@ def test_cli_unknown_score(nab_model, tmp_path):
 def test_cli_invalid_train_option(tmp_path):
     result = _streamad("train", "--data", str(require(MACHINE_TEMPERATURE)), "--out", str(tmp_path / "m"), "--window", "0")
     assert result.returncode == 2
-    assert "window=0 is invalid" in result.stderr
+    assert "--window 0 is invalid" in result.stderr
 
 
 def test_cli_run_needs_alert_destination(nab_model):
@@ -150,3 +152,156 @@ def test_cli_replay_rejects_same_output_file(nab_model, tmp_path):
     result = _streamad("replay", "--model", str(nab_model), "--data", str(MACHINE_TEMPERATURE), "--scores", str(same), "--alerts", str(same))
     assert result.returncode == 2
     assert "are the same file" in result.stderr
+
+
+@pytest.fixture(scope="module")
+def two_channel_model(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("two-channel")
+    rows = ["timestamp,flow,temp"] + [f"2024-01-01T{i // 60:02d}:{i % 60:02d}:00,{1 + (i % 7) * 0.1},{20 + (i % 5) * 0.2}" for i in range(400)]
+    (directory / "train.csv").write_text("\n".join(rows) + "\n")
+    model = directory / "model"
+    assert main(["train", "--data", str(directory / "train.csv"), "--out", str(model), "--window", "8", "--epochs", "2", "--hidden", "16"]) == 0
+    return model
+
+
+def _live_lines(series, count, start_ms=1_700_000_000_000, step_ms=60_000):
+    return [
+        json.dumps({"series": series, "timestamp": start_ms + step_ms * i, "values": [1.0 + (i % 7) * 0.1, 20.0]})
+        for i in range(count)
+    ]
+
+
+# (line, reason) of invalid lines inserted into a replayed JSON-lines file.
+INVALID_LINES = [
+    ('{"series": "pump", "timestamp": ', "invalid_json"),
+    ('[1, 2]', "not_object"),
+    ('{"series": "pump", "values": [1.0, 20.0]}', "missing_field"),
+    ('{"series": "pump", "timestamp": "yesterday", "values": [1.0, 20.0]}', "bad_timestamp"),
+    ('{"series": "pump", "timestamp": 1700000000000, "values": [1.0, "x"]}', "bad_type"),
+    ('{"series": "pump", "timestamp": 1700000000000, "values": [1.0, 2.0, 3.0]}', "wrong_channel_count"),
+]
+
+
+def _replay_file_with_invalid_lines(path):
+    """Write 30 good records with the invalid lines spread among them; return {line number: (line, reason)}."""
+    lines = _live_lines("pump", 30)
+    invalid = {}
+    for index, (line, reason) in enumerate(INVALID_LINES):
+        position = 3 + 4 * index
+        lines.insert(position, line)
+        invalid[position + 1] = (line, reason)
+    path.write_text("\n".join(lines) + "\n")
+    return invalid
+
+
+def test_cli_replay_dead_letter_file(two_channel_model, tmp_path, capsys):
+    data = tmp_path / "live.jsonl"
+    invalid = _replay_file_with_invalid_lines(data)
+    scores = tmp_path / "scores.csv"
+    dead_letters = tmp_path / "dead.jsonl"
+
+    code = main(["replay", "--model", str(two_channel_model), "--data", str(data), "--scores", str(scores), "--alerts", str(tmp_path / "a.jsonl"), "--dead-letter", str(dead_letters)])
+
+    assert code == 0
+    assert len(scores.read_text().splitlines()) == 1 + 30 - 8 + 1
+    entries = [json.loads(line) for line in dead_letters.read_text().splitlines()]
+    assert [entry["offset"] for entry in entries] == sorted(invalid)
+    for entry in entries:
+        line, reason = invalid[entry["offset"]]
+        assert entry["reason"] == reason, line
+        assert entry["topic"] == str(data)
+        assert entry["partition"] == 0
+        assert base64.b64decode(entry["raw_base64"]).decode() == line
+        assert f"line {entry['offset']}" in entry["message"]
+    summary = capsys.readouterr().out
+    assert f"{len(INVALID_LINES)} invalid lines skipped (written to {dead_letters})" in summary
+
+
+def test_cli_replay_logs_invalid_lines_without_dead_letter(two_channel_model, tmp_path, capsys, caplog):
+    data = tmp_path / "live.jsonl"
+    invalid = _replay_file_with_invalid_lines(data)
+    scores = tmp_path / "scores.csv"
+
+    with caplog.at_level(logging.WARNING, logger="streamad.cli.commands"):
+        code = main(["replay", "--model", str(two_channel_model), "--data", str(data), "--scores", str(scores), "--alerts", str(tmp_path / "a.jsonl")])
+
+    assert code == 0
+    assert len(scores.read_text().splitlines()) == 1 + 30 - 8 + 1
+    logged = [record.getMessage() for record in caplog.records if "skipping invalid line" in record.getMessage()]
+    assert len(logged) == len(invalid)
+    for message, line_number in zip(logged, sorted(invalid)):
+        assert f"line={line_number} " in message
+        assert f"reason={invalid[line_number][1]}" in message
+    assert f"{len(INVALID_LINES)} invalid lines skipped (logged only" in capsys.readouterr().out
+
+
+def test_cli_replay_warns_epoch_seconds(two_channel_model, tmp_path, caplog):
+    data = tmp_path / "seconds.jsonl"
+    data.write_text("\n".join(_live_lines("pump-in-seconds", 20, start_ms=1_700_000_000, step_ms=60)) + "\n")
+
+    with caplog.at_level(logging.WARNING, logger="streamad.records"):
+        code = main(["replay", "--model", str(two_channel_model), "--data", str(data), "--scores", str(tmp_path / "s.csv"), "--alerts", str(tmp_path / "a.jsonl")])
+
+    assert code == 0
+    warnings = [record.getMessage() for record in caplog.records if "epoch seconds" in record.getMessage()]
+    assert len(warnings) == 1
+    assert "pump-in-seconds" in warnings[0]
+    assert "1700000000" in warnings[0]
+    assert "send milliseconds" in warnings[0]
+
+
+def test_cli_run_rejects_invalid_max_in_flight(tmp_path, capsys):
+    code = main(["run", "--model", str(tmp_path / "none"), "--bootstrap-servers", "127.0.0.1:9", "--topic", "t", "--group-id", "g", "--stdout", "--max-in-flight", "0"])
+    assert code == 2
+    assert "--max-in-flight 0 is invalid" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["train", "--max-fill", "-1"], "streamad train: error: --max-fill -1 is invalid"),
+        (["train", "--learning-rate", "0"], "streamad train: error: --learning-rate 0.0 is invalid"),
+        (["train", "--validation-fraction", "2"], "streamad train: error: --validation-fraction 2.0 is invalid"),
+        (["train", "--train-fraction", "0"], "streamad train: error: --train-fraction 0.0 is invalid"),
+        (["train", "--epochs", "0"], "streamad train: error: --epochs 0 is invalid"),
+        (["replay", "--resolve-after", "0"], "streamad replay: error: --resolve-after 0 is invalid"),
+        (["replay", "--warmup", "-1"], "streamad replay: error: --warmup -1 is invalid"),
+        (["replay", "--level", "2"], "streamad replay: error: threshold --level 2.0 is invalid"),
+        (["replay", "--speed", "0"], "streamad replay: error: --speed 0.0 is invalid"),
+    ],
+)
+def test_cli_errors_name_options(two_channel_model, tmp_path, capsys, argv, expected):
+    data = tmp_path / "live.jsonl"
+    data.write_text("\n".join(_live_lines("pump", 40)) + "\n")
+    command, *options = argv
+    if command == "train":
+        full = ["train", "--data", str(data), "--out", str(tmp_path / "model"), *options]
+    else:
+        full = ["replay", "--model", str(two_channel_model), "--data", str(data), "--scores", str(tmp_path / "s.csv"), "--alerts", str(tmp_path / "a.jsonl"), *options]
+
+    assert main(full) == 2
+    error = capsys.readouterr().err
+    assert expected in error
+    assert "_" not in error.split("error:")[1].split(";")[0]
+
+
+def test_cli_run_errors_name_options(two_channel_model, capsys):
+    argv = ["run", "--model", str(two_channel_model), "--bootstrap-servers", "127.0.0.1:9", "--topic", "t", "--group-id", "g", "--stdout"]
+    assert main([*argv, "--heartbeat-interval-ms", "20000"]) == 2
+    assert "--heartbeat-interval-ms 20000 must be less than --session-timeout-ms 10000" in capsys.readouterr().err
+
+
+def test_name_options_rewrites_only_options():
+    from streamad.cli import build_parser
+    from streamad.cli.messages import name_options
+
+    parsers = build_parser().command_parsers
+    train = parsers["train"]
+    assert name_options("max_fill=-1 is invalid", train) == "--max-fill -1 is invalid"
+    assert name_options("(max_fill=3); raise max_fill or clean the data", train) == "(--max-fill 3); raise --max-fill or clean the data"
+    assert name_options("too few for window=200; use a smaller window", train) == "too few for --window 200; use a smaller window"
+    assert name_options("config.max_fill=3 and self.max_fill", train) == "config.max_fill=3 and self.max_fill"
+    assert name_options("update_every=0 is invalid", train) == "update_every=0 is invalid"
+    assert name_options("resolve_after=0 (--resolve-after) is invalid", parsers["replay"]) == "--resolve-after 0 is invalid"
+    assert name_options("window=200 is too long", parsers["select"]) == "window=200 is too long"
+    assert name_options("max_fill=-1 is invalid", None) == "max_fill=-1 is invalid"

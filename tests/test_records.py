@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import pickle
 
 import numpy as np
@@ -19,11 +20,53 @@ from streamad.records import (
     Record,
     decode_record,
     encode_record,
+    warn_if_epoch_seconds,
 )
 
 
 def _payload(**fields) -> bytes:
     return json.dumps(fields).encode("utf-8")
+
+
+# Epoch seconds
+
+
+def _epoch_seconds_warnings(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "streamad.records" and "epoch seconds" in r.getMessage()]
+
+
+def test_epoch_seconds_warned_once_per_series(caplog):
+    caplog.set_level(logging.WARNING, logger="streamad.records")
+    first = decode_record(_payload(series="seconds-a", timestamp=1714564800, value=1.0))
+    decode_record(_payload(series="seconds-a", timestamp=1714564801, value=1.0))
+    decode_record(_payload(series="seconds-b", timestamp=1714564800.5, value=1.0))
+
+    # The value is still read as milliseconds, not rescaled.
+    assert first.timestamp == 1714564800
+    messages = _epoch_seconds_warnings(caplog)
+    assert len(messages) == 2
+    assert "series='seconds-a'" in messages[0]
+    assert "1714564800" in messages[0]
+    assert "2024-05-01T12:00:00" in messages[0]
+    assert "send milliseconds" in messages[0]
+    assert "series='seconds-b'" in messages[1]
+
+
+@pytest.mark.parametrize(
+    "timestamp",
+    [1714564800250, "2024-05-01T12:00:00Z", 0, 3, 99_999_999, 100_000_000_000],
+)
+def test_epoch_seconds_not_warned(caplog, timestamp):
+    caplog.set_level(logging.WARNING, logger="streamad.records")
+    decode_record(_payload(series=f"ms-{timestamp}", timestamp=timestamp, value=1.0))
+    assert _epoch_seconds_warnings(caplog) == []
+
+
+def test_epoch_seconds_range_edges():
+    assert warn_if_epoch_seconds("edge", 100_000_001) is True
+    assert warn_if_epoch_seconds("edge", 99_999_999_999) is True
+    assert warn_if_epoch_seconds("edge", 100_000_000) is False
+    assert warn_if_epoch_seconds("edge", 100_000_000_000) is False
 
 
 # Decoding valid records

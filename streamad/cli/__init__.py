@@ -8,7 +8,7 @@ import sys
 
 from kafka.errors import KafkaError
 
-from streamad.cli import alerts, benchmark, commands, config, select
+from streamad.cli import alerts, benchmark, commands, config, messages, select
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -68,6 +68,8 @@ def _add_replay(subparsers) -> None:
     parser.add_argument("--alerts", required=True, help="output JSON lines of incident events (truncated first)")
     parser.add_argument("--speed", type=float, default=None, help="replay this many times faster than real time (default: as fast as possible)")
     _add_scoring_options(parser)
+    # Invalid lines.
+    parser.add_argument("--dead-letter", help="JSON lines file (truncated first) for invalid lines of JSON-lines data files, in the format of streamad run's dead letters; without it they are only logged. Either way they are skipped")
     parser.set_defaults(handler=commands.replay)
 
 
@@ -125,6 +127,8 @@ def _add_run(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--health-max-stall-s", type=float, default=None, help="seconds without a poll after which /healthz returns 503 (default: --max-poll-interval-ms in seconds)")
     parser.add_argument("--reload-interval-s", type=float, default=30.0, help="seconds between checks of a --model directory of versions for a new current version, swapped in between batches (default 30; 0 disables reloading)")
     _add_alertmanager_options(parser)
+    # Backpressure.
+    parser.add_argument("--max-in-flight", type=int, default=10_000, help="maximum number of events accepted but not yet delivered by asynchronous sinks, such as a webhook outbox; above it the daemon pauses its partitions until the backlog falls below half (default 10000)")
     parser.set_defaults(handler=commands.run)
     return parser
 
@@ -207,6 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     benchmark.add_parser(subparsers)
     _add_config(subparsers)
     alerts.add_parser(subparsers)
+    parser.command_parsers = subparsers.choices
     return parser
 
 
@@ -250,7 +255,8 @@ def main(argv: list[str] | None = None) -> int:
         # Invalid options and missing or malformed files and bundles: one line for the user,
         # the traceback only at DEBUG level.
         logging.getLogger(__name__).debug("command failed", exc_info=True)
-        print(f"streamad {args.command}: error: {error}", file=sys.stderr)
+        message = messages.name_options(str(error), parser.command_parsers.get(args.command))
+        print(f"streamad {args.command}: error: {message}", file=sys.stderr)
         return 2
     except (RuntimeError, KafkaError) as error:
         # Failures of the outside world (Kafka, webhooks, the local broker) and of torch.

@@ -7,11 +7,14 @@ import logging
 import signal
 import threading
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 
 from streamad.bundle import load_bundle, save_bundle
 from streamad.engine import EngineConfig, StreamEngine, run_stream
+from streamad.engine.runner import dead_letter_entry
+from streamad.records import InvalidRecord, decode_record, warn_if_epoch_seconds
 from streamad.replay import align_points, replay_series
 from streamad.scores import SCORE_NAMES
 from streamad.training import TrainConfig, train_bundle
@@ -61,19 +64,23 @@ def _alert_options(args) -> dict:
     return options
 
 
-def _load_data(paths, channels: list[str] | None = None) -> list:
-    """Load the series of every data file, keeping only ``channels`` (by name) when given."""
+def _load_data(paths, channels: list[str] | None = None, invalid_lines: InvalidLines | None = None) -> list:
+    """Load the series of every data file, keeping only ``channels`` (by name) when given.
+
+    With ``invalid_lines``, invalid lines of JSON-lines files are skipped and collected there.
+    """
     from connectors.files import load_file_series
 
     series_list = []
     for path in paths:
         if not Path(path).is_file():
             raise UsageError(f"data file {path!r} not found; pass an existing CSV, .npy or JSON-lines file")
-        series_list.extend(load_file_series(path, channels=channels))
+        handler = None if invalid_lines is None else invalid_lines.handler(path)
+        series_list.extend(load_file_series(path, channels=channels, on_invalid_line=handler))
     return series_list
 
 
-def _load_model_data(paths, model_channels: list[str]) -> list:
+def _load_model_data(paths, model_channels: list[str], invalid_lines: InvalidLines | None = None) -> list:
     """Load data files for a model, selecting the model's channels by name.
 
     A file without channel names (``.npy``, JSON lines with a ``values`` list, whose
@@ -81,9 +88,9 @@ def _load_model_data(paths, model_channels: list[str]) -> list:
     matched by position, as ``streamad run`` matches Kafka records.
     """
     try:
-        return _load_data(paths, model_channels)
+        return _load_data(paths, model_channels, invalid_lines)
     except ValueError as by_name:
-        series_list = _load_data(paths)
+        series_list = _load_data(paths, invalid_lines=invalid_lines)
         positional = [str(index) for index in range(len(model_channels))]
         if not all(series.channels == positional for series in series_list):
             raise by_name
@@ -129,15 +136,79 @@ def train(args) -> int:
     return 0
 
 
+class InvalidLines:
+    """Invalid lines of JSON-lines data files that ``replay`` skipped, as dead-letter entries.
+
+    An entry has the fields of the daemon's dead letters, with ``topic`` the file path,
+    ``partition`` 0 and ``offset`` the line number, counted from 1.
+    """
+
+    # At most this many invalid lines are logged one by one; the count covers all of them.
+    max_logged = 10
+
+    def __init__(self) -> None:
+        # Keyed by (path, line number), because a file can be read twice (see _load_model_data).
+        self.entries: dict[tuple[str, int], dict] = {}
+
+    def handler(self, path):
+        """Return the ``on_invalid_line(line_number, line, error)`` callback of the loader for ``path``."""
+        return lambda line_number, line, error: self.add(str(path), line_number, line, error)
+
+    def add(self, path: str, line_number: int, line: str, error: ValueError) -> None:
+        if (path, line_number) in self.entries:
+            return
+        text = line.rstrip("\r\n")
+        position = SimpleNamespace(topic=path, partition=0, offset=line_number, raw=text.encode("utf-8", "surrogateescape"))
+        entry = dead_letter_entry(position, _invalid_line_reason(path, text), str(error))
+        self.entries[(path, line_number)] = entry
+        if len(self.entries) <= self.max_logged:
+            logger.warning("skipping invalid line: file=%s line=%d reason=%s: %s", path, line_number, entry["reason"], error)
+        elif len(self.entries) == self.max_logged + 1:
+            logger.warning("more invalid lines are skipped without a log line each; the final summary counts them")
+
+
+def _invalid_line_reason(path: str, text: str) -> str:
+    """Return the daemon's dead-letter reason for a line that the file loader rejected.
+
+    The line is decoded as a Kafka record would be, with the file name as the default
+    series, as in the loader. A line that decodes is valid alone, so the loader rejected it
+    because its channel count differs from earlier lines of its series.
+    """
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return "invalid_json"
+    if not isinstance(value, dict):
+        return "not_object"
+    value.setdefault("series", Path(path).stem)
+    try:
+        decode_record(value)
+    except InvalidRecord as invalid:
+        return invalid.reason
+    return "wrong_channel_count"
+
+
 def replay(args) -> int:
     """Replay ``--data`` through the engine; write the scores CSV and the alerts file."""
     from connectors.files import FileReplaySource, JsonLinesSink, ScoresCsvWriter
 
     if Path(args.scores).resolve() == Path(args.alerts).resolve():
         raise UsageError(f"--scores and --alerts are the same file {args.scores!r}; give them different paths")
+    if args.dead_letter and Path(args.dead_letter).resolve() in (Path(args.scores).resolve(), Path(args.alerts).resolve()):
+        raise UsageError(f"--dead-letter {args.dead_letter!r} is also --scores or --alerts; give it its own path")
     bundle = load_bundle(args.model)
-    series_list = _load_model_data(args.data, bundle.channels)
+    invalid_lines = InvalidLines()
+    series_list = _load_model_data(args.data, bundle.channels, invalid_lines)
     has_clock = all(series.has_clock for series in series_list)
+    if has_clock:
+        for series in series_list:
+            warn_if_epoch_seconds(series.series_id, int(series.timestamps[0]))
+    # NOTE: rows that the loader drops for an out-of-order timestamp are only logged, not
+    # written to --dead-letter.
+    dead_letters = JsonLinesSink(args.dead_letter, append=False) if args.dead_letter else None
+    if dead_letters is not None:
+        dead_letters.send(list(invalid_lines.entries.values()))
+        dead_letters.close()
     engine = StreamEngine(bundle, _engine_config(args, has_clock))
     writer = ScoresCsvWriter(args.scores, has_clock)
     alerts = JsonLinesSink(args.alerts, append=False)
@@ -148,9 +219,11 @@ def replay(args) -> int:
         writer.close()
         alerts.close()
     skipped = engine.stats["windows_skipped_gap"]
+    invalid_destination = f"written to {args.dead_letter}" if args.dead_letter else "logged only, see --dead-letter"
     print(
         f"replayed {stats.messages} records: {stats.points} windows scored, {skipped} skipped for gaps, "
-        f"{engine.stats['alerts']} alerting windows, {stats.events} incident events; scores in {args.scores}, "
+        f"{engine.stats['alerts']} alerting windows, {stats.events} incident events, "
+        f"{len(invalid_lines.entries)} invalid lines skipped ({invalid_destination}); scores in {args.scores}, "
         f"alerts in {args.alerts}"
     )
     for reason, count in sorted(stats.dead_letters.items()):
@@ -254,10 +327,17 @@ def _build_reloader(args, engine, metrics):
     return BundleReloader(engine, args.model, args.reload_interval_s, on_result=on_result)
 
 
+def check_max_in_flight(value) -> None:
+    """Raise UsageError when ``--max-in-flight`` is not a positive number of events."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise UsageError(f"--max-in-flight {value!r} is invalid; use a number of events >= 1, e.g. 10000")
+
+
 def run(args) -> int:
     """Run the Kafka consumer daemon until SIGINT or SIGTERM."""
     from streamad.cli.daemon import build_checkpointer, build_daemon
 
+    check_max_in_flight(args.max_in_flight)
     bundle = load_bundle(args.model)
     engine = StreamEngine(bundle, _engine_config(args, has_clock=True))
     checkpointer = build_checkpointer(args, engine)
@@ -271,7 +351,7 @@ def run(args) -> int:
         stats = run_stream(
             engine, source, alert_sinks,
             dead_letter_sinks=dead_letter_sinks, point_sinks=point_sinks, stop=stop, checkpointer=checkpointer,
-            metrics=metrics, reloader=reloader,
+            metrics=metrics, reloader=reloader, max_in_flight=args.max_in_flight,
         )
     finally:
         source.close()
@@ -280,8 +360,8 @@ def run(args) -> int:
         if status_server is not None:
             status_server.close()
     logger.info(
-        "stopped after %d records: %d windows scored, %d events, dead letters %s",
-        stats.messages, stats.points, stats.events, dict(stats.dead_letters),
+        "stopped after %d records: %d windows scored, %d events, dead letters %s, %d backpressure pauses",
+        stats.messages, stats.points, stats.events, dict(stats.dead_letters), stats.pauses,
     )
     return 0
 

@@ -38,6 +38,10 @@ logger = logging.getLogger(__name__)
 TIMESTAMP_COLUMN_NAMES = ("timestamp", "time", "date", "datetime")
 
 _JSON_LINES_SUFFIXES = (".jsonl", ".ndjson", ".json")
+
+# Called with (line number, line text, error) for each invalid line of a JSON lines file that is skipped.
+InvalidLineHandler = Callable[[int, str, ValueError], None]
+
 _NPY_MAGIC = b"\x93NUMPY"
 
 OUT_OF_ORDER_POLICIES = ("raise", "drop")
@@ -127,7 +131,11 @@ def load_series(
 
 
 def load_series_collection(
-    path: str | Path, *, channels: list[str] | None = None, out_of_order: str = "raise"
+    path: str | Path,
+    *,
+    channels: list[str] | None = None,
+    out_of_order: str = "raise",
+    on_invalid_line: InvalidLineHandler | None = None,
 ) -> list[Series]:
     """Load every series in a file, in order of first appearance.
 
@@ -135,6 +143,10 @@ def load_series_collection(
     ``"series"`` field. CSV and ``.npy`` files contain one series, which is returned as a
     one-element list. ``channels`` and ``out_of_order`` work as in :func:`load_series`, and
     the order of timestamps is checked within each series.
+
+    By default an invalid line of a JSON lines file raises ValueError. With
+    ``on_invalid_line(line_number, line, error)`` the line is passed to it and skipped
+    instead. Line numbers start at 1. It does not apply to CSV and ``.npy`` files.
 
     Examples
     --------
@@ -152,7 +164,7 @@ def load_series_collection(
     path = Path(path)
     _check_out_of_order_policy(out_of_order)
     if _detect_format(path) == "jsonl":
-        return _load_json_lines(path, channels, out_of_order)
+        return _load_json_lines(path, channels, out_of_order, on_invalid_line)
     return [load_series(path, channels=channels, out_of_order=out_of_order)]
 
 
@@ -324,41 +336,21 @@ class _SeriesRecords:
         self.lines: list[int] = []
 
 
-def _load_json_lines(path: Path, channels: Sequence[str] | None, out_of_order: str) -> list[Series]:
+def _load_json_lines(
+    path: Path, channels: Sequence[str] | None, out_of_order: str, on_invalid_line: InvalidLineHandler | None = None
+) -> list[Series]:
     collected: dict[str, _SeriesRecords] = {}
 
     with open(path, encoding="utf-8") as handle:
         for line_number, line in enumerate(handle, start=1):
             if not line.strip():
                 continue
-            where = f"{path}, line {line_number}"
-            record = _parse_json_record(where, line)
-
-            series_id = record.get("series", path.stem)
-            if not isinstance(series_id, str):
-                raise ValueError(f'{where}: "series" must be a string, got {series_id!r}')
-
-            if "timestamp" not in record:
-                raise ValueError(f'{where}: the record has no "timestamp"; add an ISO-8601 string or epoch milliseconds')
             try:
-                timestamp = parse_timestamp(record["timestamp"])
+                _collect_json_line(path, line_number, line, collected)
             except ValueError as error:
-                raise ValueError(f"{where}: {error}") from None
-
-            field, row = _record_values(where, record)
-            records = collected.get(series_id)
-            if records is None:
-                records = _SeriesRecords(series_id, field, len(row), line_number)
-                collected[series_id] = records
-            elif field != records.field or len(row) != records.width:
-                raise ValueError(
-                    f"{where}: series {series_id!r} has {len(row)} value(s) in {field!r} here but "
-                    f"{records.width} in {records.field!r} on line {records.first_line}; "
-                    "every record of a series needs the same channels"
-                )
-            records.timestamps.append(timestamp)
-            records.rows.append(row)
-            records.lines.append(line_number)
+                if on_invalid_line is None:
+                    raise
+                on_invalid_line(line_number, line, error)
 
     if not collected:
         raise ValueError(f"{path} contains no records; a JSON lines file needs one JSON object per line")
@@ -379,6 +371,38 @@ def _load_json_lines(path: Path, channels: Sequence[str] | None, out_of_order: s
         values, names = _select_channels(path, values, names, channels)
         result.append(Series(records.series_id, timestamps, values, names, has_clock=True))
     return result
+
+
+def _collect_json_line(path: Path, line_number: int, line: str, collected: dict[str, _SeriesRecords]) -> None:
+    """Add the record of one line to ``collected``, or raise ValueError and leave ``collected`` unchanged."""
+    where = f"{path}, line {line_number}"
+    record = _parse_json_record(where, line)
+
+    series_id = record.get("series", path.stem)
+    if not isinstance(series_id, str):
+        raise ValueError(f'{where}: "series" must be a string, got {series_id!r}')
+
+    if "timestamp" not in record:
+        raise ValueError(f'{where}: the record has no "timestamp"; add an ISO-8601 string or epoch milliseconds')
+    try:
+        timestamp = parse_timestamp(record["timestamp"])
+    except ValueError as error:
+        raise ValueError(f"{where}: {error}") from None
+
+    field, row = _record_values(where, record)
+    records = collected.get(series_id)
+    if records is None:
+        records = _SeriesRecords(series_id, field, len(row), line_number)
+        collected[series_id] = records
+    elif field != records.field or len(row) != records.width:
+        raise ValueError(
+            f"{where}: series {series_id!r} has {len(row)} value(s) in {field!r} here but "
+            f"{records.width} in {records.field!r} on line {records.first_line}; "
+            "every record of a series needs the same channels"
+        )
+    records.timestamps.append(timestamp)
+    records.rows.append(row)
+    records.lines.append(line_number)
 
 
 def _parse_json_record(where: str, line: str) -> dict:

@@ -4,7 +4,7 @@ Sources and sinks are passed in, so this module does no I/O of its own. A source
 ``poll() -> list[message]``, ``commit(messages)`` and ``close()``. A message has ``topic``,
 ``partition``, ``offset``, ``raw`` (bytes), ``record`` (a :class:`~streamad.records.Record`
 or None) and ``error`` (an :class:`~streamad.records.InvalidRecord` or None). A sink has
-``send(items)``, ``flush()`` and ``close()``.
+``send(items)``, ``flush()`` and ``close()``, and optionally ``backlog()``, see :class:`Sink`.
 
 Offsets are committed only after the alert and dead-letter sinks have flushed the
 results of the polled messages, so a crash re-delivers records whose alerts may not have
@@ -27,6 +27,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Iterable, Protocol, Sequence
 
+from streamad.engine.backpressure import Backpressure
 from streamad.engine.checkpoint import PartitionCheckpointer
 from streamad.engine.engine import ScoredPoint, StreamEngine
 
@@ -38,6 +39,14 @@ logger = logging.getLogger(__name__)
 
 
 class Sink(Protocol):
+    """A destination of alert events, dead letters or scored points.
+
+    A sink that delivers asynchronously may also have ``backlog() -> int``, the number of
+    items that ``send()`` accepted and that are not delivered yet. With ``max_in_flight``,
+    :func:`run_stream` pauses the source while the sum of the backlogs exceeds it, see
+    :mod:`streamad.engine.backpressure`.
+    """
+
     def send(self, items: list[dict]) -> None: ...
 
     def flush(self) -> None: ...
@@ -55,13 +64,14 @@ class Source(Protocol):
 
 @dataclass
 class RunStats:
-    """Counters of one run: messages, scored points, events (also by status) and dead letters by reason."""
+    """Counters of one run: messages, scored points, events (also by status), dead letters by reason, backpressure pauses."""
 
     messages: int = 0
     points: int = 0
     events: int = 0
     dead_letters: Counter = field(default_factory=Counter)
     events_by_status: Counter = field(default_factory=Counter)
+    pauses: int = 0
 
 
 def dead_letter_entry(message, reason: str, detail: str) -> dict:
@@ -102,6 +112,7 @@ def run_stream(
     checkpointer: PartitionCheckpointer | None = None,
     metrics: DaemonMetrics | None = None,
     reloader: BundleReloader | None = None,
+    max_in_flight: int | None = None,
 ) -> RunStats:
     """Run the loop until ``stop`` is set or ``until()`` returns True after a batch.
 
@@ -111,6 +122,9 @@ def run_stream(
     checkpoint and once more when the loop ends. After every poll, ``metrics`` gets the
     counters, the lag and the checkpoint times, and ``reloader`` may swap in a new model.
     On exit the sinks are flushed; the source and sinks are left open for the caller to close.
+
+    With ``max_in_flight``, the source is paused while the sinks' ``backlog()`` sum exceeds it,
+    and resumed when the sum falls below half of it (:class:`~streamad.engine.backpressure.Backpressure`).
     """
     stop = stop or threading.Event()
     alert_sinks = list(alert_sinks)
@@ -121,9 +135,12 @@ def run_stream(
         set_handler = getattr(source, "set_rebalance_handler", None)
         if set_handler is not None:
             set_handler(checkpointer)
+    backpressure = None
+    if max_in_flight is not None:
+        backpressure = Backpressure(alert_sinks + dead_letter_sinks + point_sinks, max_in_flight)
 
     while not stop.is_set():
-        messages = source.poll()
+        messages = source.poll() if backpressure is None else backpressure.poll(source, stop)
         polled_at = time.monotonic()
         if messages:
             try:
@@ -147,6 +164,8 @@ def run_stream(
         if until is not None and until():
             break
 
+    if backpressure is not None:
+        stats.pauses = backpressure.pauses
     for sink in alert_sinks + dead_letter_sinks + point_sinks:
         sink.flush()
     if checkpointer is not None:
