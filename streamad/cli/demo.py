@@ -60,7 +60,11 @@ class _AlertPrinter:
 
     def send(self, items: list[dict]) -> None:
         for event in items:
-            channels = ", ".join(item["channel"] for item in event.get("channels", []))
+            channels = ", ".join(
+                f"{item['channel']} {item['share']:.0%}"
+                for item in event.get("channels", [])
+                if item.get("kind") == "channel" and item.get("share") is not None
+            )
             print(
                 f"ALERT {event['status']:<8} {event['series']} id={event['alert_id']} seq={event['sequence']} "
                 f"start={event['start']} at={event['timestamp']} score={event['score']:.2f} "
