@@ -1,10 +1,10 @@
 """The alert pipeline end to end: `streamad run` on a real broker with every alert destination at once.
 
-The daemon scores a labelled NAB series from Kafka and sends its incident events to two webhook
-endpoints of a TOML config file, a signed `generic` one and a grouped `alertmanager` one,
-through the SQLite outbox, to a fake Alertmanager API (`--alertmanager`) and to an `--alerts`
-file, while `--metrics-port` serves /metrics. The test checks that all of them agree with the
-`--alerts` file, that the signatures verify, and that SIGTERM leaves nothing pending.
+The daemon scores a labelled NAB series from Kafka. It sends its incident events through the
+SQLite outbox to the two webhook endpoints of a TOML config file, a signed `generic` one and a
+grouped `alertmanager` one. It also sends them to a fake Alertmanager API (`--alertmanager`) and
+to an `--alerts` file, while `--metrics-port` serves /metrics. The test checks that all of them
+agree with the `--alerts` file, that the signatures verify, and that SIGTERM leaves nothing pending.
 """
 
 import json
@@ -101,14 +101,14 @@ def _scrape(port):
     return samples
 
 
-def _wait_for(daemon, log, condition, what):
+def _wait_for(daemon, log, condition, description):
     deadline = time.monotonic() + WAIT_S
     while time.monotonic() < deadline:
         assert daemon.poll() is None, f"daemon exited with {daemon.returncode}; log:\n{log.read_text()[-4000:]}"
         if condition():
             return
         time.sleep(0.2)
-    pytest.fail(f"timed out after {WAIT_S} s waiting for {what}; daemon log:\n{log.read_text()[-4000:]}")
+    pytest.fail(f"timed out after {WAIT_S} s waiting for {description}; daemon log:\n{log.read_text()[-4000:]}")
 
 
 def _read_events(path):

@@ -200,7 +200,7 @@ def test_client_sends_only_changed_between_resends(alertmanager):
 
 
 def test_client_sends_firing_before_resolved_in_one_batch(alertmanager):
-    # The daemon catching up can score a whole incident in one batch, so one send() holds both events.
+    # The daemon catching up can score a whole incident in one batch, so one send() contains both events.
     client = AlertmanagerClient(alertmanager.url, resend_interval_s=30, timeout_s=5)
     try:
         client.send([_event("firing", 1), _event("update", 2), _event("resolved", 3, end="2024-05-01T12:10:00Z")])
