@@ -20,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from connectors.kafka import produce_records
 from shared_data import NAB_DATA, require
-from streamad.alerts.signing import SignatureError, verify
+from streamad.alerts.signing import SIGNATURE_HEADER, SignatureError, verify
 from streamad.cli import main
 from streamad.data import load_series
 from streamad.records import Record
@@ -178,6 +178,8 @@ def test_pipeline_delivers_to_every_destination(
 
         _wait_for(daemon, log, delivered, "delivery to both webhooks and to the Alertmanager API")
         samples = _scrape(metrics_port)
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/healthz", timeout=10) as response:
+            assert response.status == 200
         daemon.send_signal(signal.SIGTERM)
         assert daemon.wait(timeout=60) == 0, log.read_text()[-4000:]
     finally:
@@ -237,6 +239,8 @@ def test_pipeline_delivers_to_every_destination(
     assert grouped.accepted
     grouped_statuses = {}
     for headers, body in grouped.accepted:
+        assert SIGNATURE_HEADER not in headers, "the grouped endpoint has no secret"
+        assert headers["Idempotency-Key"]
         document = json.loads(body)
         assert set(document) == WEBHOOK_FIELDS
         assert document["version"] == "4"
@@ -266,6 +270,7 @@ def test_pipeline_delivers_to_every_destination(
     for alert_id in incidents:
         statuses = grouped_statuses.get(alert_id, [])
         assert statuses and statuses[-1] == "resolved", f"incident {alert_id} in the grouped bodies: {statuses}"
+        assert statuses.count("resolved") == 1, f"incident {alert_id} in the grouped bodies: {statuses}"
     # One fingerprint per incident: its labels do not change unless the severity rises.
     fingerprints = {}
     for _, body in grouped.accepted:
