@@ -117,6 +117,13 @@ class AlertmanagerClient:
                 previous = self._active.get(alert_id)
                 if event["status"] == "resolved":
                     self._active.pop(alert_id, None)
+                    if alert_id in self._changed:
+                        # The firing alert was not posted yet, e.g. because one batch held the
+                        # whole incident. Post it ahead of the resolved one, so that Alertmanager
+                        # stores the incident as firing before it ends.
+                        self._changed.discard(alert_id)
+                        if previous is not None:
+                            self._queue(previous)
                     if previous is not None:
                         # Keep what only the firing alert had, e.g. its channels.
                         alert["annotations"] = {**previous["annotations"], **alert["annotations"]}

@@ -199,6 +199,21 @@ def test_client_sends_only_changed_between_resends(alertmanager):
         client.close()
 
 
+def test_client_sends_firing_before_resolved_in_one_batch(alertmanager):
+    # The daemon catching up can score a whole incident in one batch, so one send() contains both events.
+    client = AlertmanagerClient(alertmanager.url, resend_interval_s=30, timeout_s=5)
+    try:
+        client.send([_event("firing", 1), _event("update", 2), _event("resolved", 3, end="2024-05-01T12:10:00Z")])
+        assert alertmanager.wait_for(lambda: any("endsAt" in alert for _, body, _ in alertmanager.posts for alert in body))
+        alerts = [alert for _, body, _ in alertmanager.posts for alert in body]
+        assert ["endsAt" in alert for alert in alerts] == [False, True]
+        assert alerts[0]["labels"] == alerts[1]["labels"]
+        assert alerts[1]["endsAt"] == "2024-05-01T12:10:00Z"
+        assert client.active_alerts() == []
+    finally:
+        client.close()
+
+
 def test_client_rejects_bad_settings():
     with pytest.raises(ValueError, match="--alertmanager 'alertmanager:9093' is invalid"):
         AlertmanagerClient("alertmanager:9093")
