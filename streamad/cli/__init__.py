@@ -95,6 +95,10 @@ def _add_run(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--checkpoint-interval-s", type=float, default=5.0, help="checkpoint and commit at least every this many seconds while records arrive (default 5)")
     parser.add_argument("--per-series-threshold", action="store_true", help="one threshold quantile per series instead of one shared by all; makes each series' alerts independent of the other series")
     _add_scoring_options(parser)
+    # Checkpoints in Kafka and broker outages.
+    parser.add_argument("--checkpoint-topic", help="compacted Kafka topic for the per-partition state checkpoints, created if missing; with --checkpoint-dir too, both are written and the checkpoint with the higher offset is read")
+    parser.add_argument("--retry-backoff-max-s", type=float, default=30.0, help="maximum seconds between two retries of a Kafka delivery, commit or checkpoint during a broker outage; the wait starts at 0.5 s and doubles, with jitter (default 30)")
+    parser.add_argument("--request-timeout-ms", type=int, default=30_000, help="ms that one Kafka request (fetch, commit, delivery, checkpoint) waits before it fails or is retried, and that the daemon waits for the broker at start (default 30000)")
     parser.set_defaults(handler=commands.run)
     return parser
 

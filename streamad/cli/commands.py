@@ -197,14 +197,15 @@ def _install_stop_handlers(stop: threading.Event) -> None:
 
 def run(args) -> int:
     """Run the Kafka consumer daemon until SIGINT or SIGTERM."""
-    from streamad.cli.daemon import build_checkpointer, build_daemon
+    from streamad.cli.daemon import build_checkpointer, build_daemon, close_checkpointer
 
     bundle = load_bundle(args.model)
     engine = StreamEngine(bundle, _engine_config(args, has_clock=True))
-    checkpointer = build_checkpointer(args, engine)
-    source, alert_sinks, dead_letter_sinks, point_sinks = build_daemon(args)
+    # Created first, so that SIGTERM also ends the Kafka retries during a broker outage.
     stop = threading.Event()
     _install_stop_handlers(stop)
+    checkpointer = build_checkpointer(args, engine, stop)
+    source, alert_sinks, dead_letter_sinks, point_sinks = build_daemon(args, stop)
     logger.info("consuming %s as group %s with model %s", ",".join(args.topic), args.group_id, bundle.version)
     try:
         stats = run_stream(
@@ -215,6 +216,7 @@ def run(args) -> int:
         source.close()
         for sink in alert_sinks + dead_letter_sinks + point_sinks:
             sink.close()
+        close_checkpointer(checkpointer)
     logger.info(
         "stopped after %d records: %d windows scored, %d events, dead letters %s",
         stats.messages, stats.points, stats.events, dict(stats.dead_letters),
