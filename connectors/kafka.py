@@ -38,7 +38,7 @@ from typing import Any, Callable, TypeVar
 import numpy as np
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
-from kafka.errors import KafkaError, KafkaTimeoutError, TopicAlreadyExistsError
+from kafka.errors import KafkaError, KafkaTimeoutError, TopicAlreadyExistsError, UnknownError
 from kafka.structs import OffsetAndMetadata
 
 from streamad.records import DEFAULT_MAX_BYTES, InvalidRecord, Record, decode_record, encode_record
@@ -52,14 +52,24 @@ _MAX_INVALID_LOGGED_PER_POLL = 10
 class KafkaDeliveryError(KafkaError):
     """Messages that the broker did not acknowledge before the flush ended.
 
-    ``retriable`` is True when every failure is a retriable Kafka error, such as the
-    KafkaTimeoutError of a batch that expired while the broker was unreachable.
+    ``retriable`` is True when every failure is retriable (see :func:`is_retriable`), such as
+    the KafkaTimeoutError of a batch that expired while the broker was unreachable.
     """
 
     def __init__(self, message: str, failures: list[tuple[int, Exception]]) -> None:
         super().__init__(message)
         self.failures = failures
-        self.retriable = all(getattr(error, "retriable", False) for _, error in failures)
+        self.retriable = all(is_retriable(error) for _, error in failures)
+
+
+def is_retriable(error: BaseException) -> bool:
+    """Return True for a Kafka error worth retrying: kafka-python's retriable errors and UNKNOWN_SERVER_ERROR (-1).
+
+    Tansu 0.6 answered a produce request with UNKNOWN_SERVER_ERROR right after a restart
+    that lost its memory storage (seen in tests/test_daemon_broker_restart.py), and Apache
+    Kafka returns it for unexpected failures inside the broker.
+    """
+    return isinstance(error, KafkaError) and (bool(getattr(error, "retriable", False)) or isinstance(error, UnknownError))
 
 
 _Result = TypeVar("_Result")
@@ -116,12 +126,12 @@ def call_with_retry(
         try:
             result = operation()
         except KafkaError as error:
-            if retries and not getattr(error, "retriable", False):
+            if retries and not is_retriable(error):
                 logger.info(
                     "%s: the broker responded again after %d retries in %.1f s, with an error that is not retried: %s",
                     action, retries, time.monotonic() - started, ids(),
                 )
-            if backoff is None or not getattr(error, "retriable", False) or backoff.stop.is_set():
+            if backoff is None or not is_retriable(error) or backoff.stop.is_set():
                 raise
             retries += 1
             delay = backoff.delay(retries)
@@ -514,7 +524,7 @@ class KafkaSource:
         try:
             messages = self._fetch(timeout_ms)
         except KafkaError as error:
-            if not error.retriable:
+            if not is_retriable(error):
                 raise
             if self._poll_retries == 0:
                 self._poll_failing_since = time.monotonic()
