@@ -65,7 +65,7 @@ class KafkaDeliveryError(KafkaError):
 def is_retriable(error: BaseException) -> bool:
     """Return True for a Kafka error worth retrying: kafka-python's retriable errors and UNKNOWN_SERVER_ERROR (-1).
 
-    Tansu 0.6 answered a produce request with UNKNOWN_SERVER_ERROR right after a restart
+    Tansu 0.6 returned UNKNOWN_SERVER_ERROR for a produce request right after a restart
     that lost its memory storage (seen in tests/test_daemon_broker_restart.py), and Apache
     Kafka returns it for unexpected failures inside the broker.
     """
@@ -515,7 +515,7 @@ class KafkaSource:
         self.close()
 
     def _fetch_or_back_off(self, timeout_ms: int) -> list[SourceMessage]:
-        """Fetch; after a retriable Kafka error, log it, wait the backoff delay and return no message.
+        """Fetch records, or after a retriable Kafka error log it, wait the backoff delay and return no message.
 
         kafka-python 3.0.12 returns empty polls while the broker is unreachable and
         reconnects by itself, so this handles the errors that a poll still raises, e.g. a
@@ -697,7 +697,7 @@ class KafkaJsonSink:
         self._sent_count = 0
         options: dict[str, Any] = {}
         if retry is not None:
-            # kafka-python's own reconnection backoff grows to 30 s by default; cap it like the retries.
+            # kafka-python's own reconnection backoff grows to 30 s by default, so it is capped like the retries.
             options["reconnect_backoff_max_ms"] = int(retry.max_s * 1000)
         self._producer = _make_producer(
             bootstrap_servers,
@@ -759,7 +759,7 @@ class KafkaJsonSink:
             self._send(message)
 
     def _send(self, message: _OutgoingMessage) -> None:
-        """Hand a message to the producer; when that fails, leave ``future`` None so that flush() sends it again."""
+        """Hand a message to the producer, leaving ``future`` None when that fails, so that flush() sends it again."""
         try:
             message.future = self._producer.send(self.topic, key=message.key, value=message.value)
         except KafkaTimeoutError as error:
@@ -777,10 +777,14 @@ class KafkaJsonSink:
             return []
         try:
             self._producer.flush(timeout=timeout)
-        except KafkaError:
+        except KafkaTimeoutError as error:
             if self.retry is None:
                 logger.error("Kafka flush timed out: topic=%s unacknowledged=%d", self.topic, len(self._pending))
-            raise
+            waited = "in time" if timeout is None else f"within {timeout:g} s"
+            raise KafkaTimeoutError(
+                f"{len(self._pending)} {self.kind}s to topic {self.topic!r} were not acknowledged {waited} "
+                f"({error}); the next flush waits for them again"
+            ) from error
 
         acknowledged = []
         failed: list[_OutgoingMessage] = []

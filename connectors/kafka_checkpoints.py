@@ -9,8 +9,9 @@ The topic is created with ``cleanup.policy=compact``, so Kafka keeps at least th
 message of every key, and a reader keeps the last value per key.
 
 Tansu 0.6 accepts ``cleanup.policy=compact`` when it creates the topic, but its
-DescribeConfigs response contains no configuration for the topic, and its memory storage
-keeps every message. The reader gives the same result either way.
+DescribeConfigs response contains no configuration for the topic, so the policy of an
+existing topic cannot be checked there. The reader keeps the last value per key whether or
+not the broker compacts.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 class CheckpointDeliveryError(ConnectionError):
     """The broker did not acknowledge a checkpoint, so the offsets that it covers must not be committed.
 
-    A ConnectionError, and so an OSError, like the errors of the file store: the
+    It is a ConnectionError, and so an OSError like the errors of the file store, so the
     checkpointer handles both the same way.
     """
 
@@ -143,7 +144,7 @@ class KafkaCheckpointStore:
                 send_and_wait,
                 self.retry,
                 "Kafka checkpoint write",
-                lambda: "the broker to acknowledge the checkpoint; offsets are not committed meanwhile",
+                lambda: "the broker to acknowledge the checkpoint before the offsets are committed",
                 lambda: ids,
             )
         except KafkaError as error:
@@ -186,7 +187,7 @@ class KafkaCheckpointStore:
         """Read every partition of the topic up to its high watermark and return the last value per key.
 
         The high watermark comes from ``KafkaConsumer.highwater()`` after a fetch, because
-        Tansu 0.6 answers ``end_offsets()`` with the last batch's base offset. Raises
+        Tansu 0.6 returns the last batch's base offset for ``end_offsets()``. Raises
         KafkaTimeoutError when the end is not reached within ``timeout_s``.
         """
         started = time.monotonic()
@@ -270,7 +271,7 @@ class KafkaCheckpointStore:
         policy = _cleanup_policy(response, self.topic)
         if policy is None:
             logger.info(
-                "Kafka checkpoint topic %s exists; the broker reports no cleanup.policy, so compaction is not checked",
+                "Kafka checkpoint topic %s exists, and the broker reports no cleanup.policy, so compaction is not checked",
                 self.topic,
             )
         elif "compact" not in policy.split(","):

@@ -1,6 +1,6 @@
 """`streamad run` and the Kafka sink through a broker outage, each test with its own Tansu broker.
 
-Tansu keeps its data in memory, so a restart loses the topics and the group offsets: the
+Tansu keeps its data in memory, so a restart loses the topics and the group offsets, and the
 tests create the topics again after the restart. They check that the clients reconnect by
 themselves and deliver what was pending, not that data survives the broker.
 """
@@ -235,8 +235,8 @@ def test_daemon_survives_broker_restart(bundle_dir, machine_temperature, tmp_pat
                 create_topic(broker.bootstrap, topic, partitions=1)
             after = _records(machine_temperature, AFTER_ROWS)
             produce_records(broker.bootstrap, "metrics", after)
-            # Windows that lie wholly after the restart; earlier ones span the gap to the records
-            # lost with the broker's memory and are skipped.
+            # Windows that lie wholly after the restart. Earlier ones span the gap to the records
+            # lost with the broker's memory, so the engine skips them.
             expected = {record.timestamp for record in after[WINDOW - 1 :]}
             _wait_for(
                 alive_and(lambda: expected <= _scored_timestamps(scores_path)), 180,
@@ -257,6 +257,43 @@ def test_daemon_survives_broker_restart(bundle_dir, machine_temperature, tmp_pat
     assert all(" WARNING " in line and "waiting for" in line for line in retry_lines)
     assert any("group=restart" in line or "topic=alerts" in line for line in retry_lines)
     assert "the broker is reachable again" in log or "the broker responded again" in log
+    assert "stopped after" in log
+
+
+@pytest.mark.kafka
+def test_daemon_stops_on_sigterm_during_outage(bundle_dir, machine_temperature, tmp_path):
+    from connectors.kafka import create_topic, produce_records
+    from connectors.tansu import TansuBroker
+
+    log_path = tmp_path / "daemon.log"
+    scores_path = tmp_path / "scores.jsonl"
+    with TansuBroker(binary=require_tansu()) as broker:
+        create_topic(broker.bootstrap, "metrics", partitions=1)
+        produce_records(broker.bootstrap, "metrics", _records(machine_temperature, BEFORE_ROWS))
+        # Alerts go to a file only, so the retry that SIGTERM ends is the offset commit's.
+        command = [
+            sys.executable, "-m", "streamad", "--log-level", "INFO", "run",
+            "--model", str(bundle_dir), "--bootstrap-servers", broker.bootstrap, "--topic", "metrics",
+            "--group-id", "sigterm", "--alerts", str(tmp_path / "alerts.jsonl"), "--scores", str(scores_path),
+            *DAEMON_OPTIONS,
+        ]
+        with open(log_path, "w") as log:
+            daemon = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        try:
+            _wait_for(lambda: len(_scored_timestamps(scores_path)) >= KILL_AFTER, 120, f"{KILL_AFTER} scored windows", log_path)
+            broker.kill()
+            _wait_for(lambda: "Kafka offset commit failed, retry" in log_path.read_text(), 60, "a commit retry line", log_path)
+
+            daemon.send_signal(signal.SIGTERM)
+            returncode = daemon.wait(timeout=60)
+        finally:
+            if daemon.poll() is None:
+                daemon.kill()
+                daemon.wait(timeout=10)
+
+    log = log_path.read_text()
+    assert returncode == 0, log[-4000:]
+    assert "stop requested, no more retries" in log
     assert "stopped after" in log
 
 

@@ -1,7 +1,7 @@
 """Partition checkpoints in a compacted Kafka topic, on a real broker, and a daemon that restarts from them.
 
 The daemon test produces two slices of NAB's machine-temperature file to a 2-partition
-topic, runs `streamad run` with only --checkpoint-topic, kills it twice mid-stream, and
+topic and runs `streamad run` with only --checkpoint-topic, killing it twice mid-stream. It
 checks against an uninterrupted in-process run that every window was scored and that the
 incident events are the same.
 """
@@ -163,7 +163,7 @@ def test_store_reads_write_of_other_instance(kafka_bootstrap):
         first.write("metrics", 0, 10, _state(10))
         assert second.read("metrics", 0).offset == 10
         first.write("metrics", 0, 20, _state(20))
-        # With cache_s=0 every read loads the topic again, so it sees the newer checkpoint.
+        # With cache_s=0 every read loads the topic again, so it reads the newer checkpoint.
         assert second.read("metrics", 0).offset == 20
     finally:
         first.close()
