@@ -721,13 +721,14 @@ class KafkaJsonSink:
         retriable or ``retry.stop`` is set. The unacknowledged messages are kept either way.
         Commit source offsets only after this returns.
         """
-        if self.retry is None:
-            return self._flush_once(timeout)
-        attempt_timeout = self._request_timeout_s if timeout is None else timeout
         acknowledged: list[Any] = []
+        if self.retry is None:
+            self._flush_once(timeout, acknowledged)
+            return acknowledged
+        attempt_timeout = self._request_timeout_s if timeout is None else timeout
 
         def attempt() -> list[Any]:
-            acknowledged.extend(self._flush_once(attempt_timeout))
+            self._flush_once(attempt_timeout, acknowledged)
             return acknowledged
 
         return call_with_retry(
@@ -769,12 +770,13 @@ class KafkaJsonSink:
             return
         message.future.add_errback(self._log_failure, message.index, message.item_id)
 
-    def _flush_once(self, timeout: float | None) -> list[Any]:
+    def _flush_once(self, timeout: float | None, acknowledged: list[Any]) -> None:
+        """Wait for the pending messages once, appending the RecordMetadata of each acknowledged one to ``acknowledged``."""
         for message in self._pending:
             if message.future is None:
                 self._send(message)
         if not self._pending:
-            return []
+            return
         try:
             self._producer.flush(timeout=timeout)
         except KafkaTimeoutError as error:
@@ -786,7 +788,6 @@ class KafkaJsonSink:
                 f"({error}); the next flush waits for them again"
             ) from error
 
-        acknowledged = []
         failed: list[_OutgoingMessage] = []
         failures: list[tuple[int, Exception]] = []
         for message in self._pending:
@@ -809,7 +810,6 @@ class KafkaJsonSink:
                 f"(first: {self.kind} {first_index}, {first_error!r}); the next flush sends them again",
                 failures,
             )
-        return acknowledged
 
     def _log_failure(self, index: int, item_id: str, error: Exception) -> None:
         # With retry, flush() logs one line per retry for all failed messages instead.

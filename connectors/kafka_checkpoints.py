@@ -39,6 +39,14 @@ _TOPIC_PATTERN = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 
 
+def check_topic_name(topic: str) -> None:
+    """Raise ValueError when ``topic`` is not a valid Kafka topic name for the checkpoints."""
+    if not isinstance(topic, str) or not _TOPIC_PATTERN.match(topic) or topic in (".", ".."):
+        raise ValueError(
+            f"checkpoint topic {topic!r} is not a valid Kafka topic name; use 1 to 249 letters, digits, '.', '_' and '-'"
+        )
+
+
 class CheckpointDeliveryError(ConnectionError):
     """The broker did not acknowledge a checkpoint, so the offsets that it covers must not be committed.
 
@@ -80,10 +88,7 @@ class KafkaCheckpointStore:
         retry: RetryBackoff | None = None,
         client_id: str = "streamad-checkpoints",
     ) -> None:
-        if not isinstance(topic, str) or not _TOPIC_PATTERN.match(topic) or topic in (".", ".."):
-            raise ValueError(
-                f"checkpoint topic {topic!r} is not a valid Kafka topic name; use 1 to 249 letters, digits, '.', '_' and '-'"
-            )
+        check_topic_name(topic)
         if not timeout_s > 0:
             raise ValueError(f"timeout_s={timeout_s!r} is invalid; use seconds > 0")
         if cache_s < 0:

@@ -68,6 +68,49 @@ def test_backoff_wait_ends_on_stop():
     assert time.monotonic() - started < 5.0
 
 
+def test_retriable_errors_include_unknown_server_error():
+    from kafka.errors import CommitFailedError, KafkaConnectionError, KafkaTimeoutError, UnknownError
+
+    from connectors.kafka import KafkaDeliveryError, is_retriable
+
+    assert is_retriable(KafkaTimeoutError())
+    assert is_retriable(KafkaConnectionError())
+    assert is_retriable(UnknownError())
+    assert not is_retriable(CommitFailedError())
+    assert not is_retriable(ValueError("not a Kafka error"))
+    assert KafkaDeliveryError("m", [(0, KafkaTimeoutError()), (1, UnknownError())]).retriable
+    assert not KafkaDeliveryError("m", [(0, KafkaTimeoutError()), (1, CommitFailedError())]).retriable
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ("checkpoint_topic = 'metrics'", "--checkpoint-topic 'metrics' is also an input, alert or dead-letter topic"),
+        ("checkpoint_topic = 'check points'", "'check points' is not a valid Kafka topic name"),
+        ("retry_backoff_max_s = 0", "--retry-backoff-max-s 0.0 is invalid; use seconds > 0"),
+        ("request_timeout_ms = 500", "--request-timeout-ms 500 is invalid; use more than 500"),
+    ],
+)
+def test_config_check_rejects_outage_options(tmp_path, capsys, setting, message):
+    from streamad.cli import main
+
+    path = tmp_path / "run.toml"
+    path.write_text(
+        "[run]\n"
+        f"model = '{tmp_path / 'model'}'\n"
+        "bootstrap_servers = '127.0.0.1:9092'\n"
+        "topic = ['metrics']\n"
+        "group_id = 'g'\n"
+        f"alerts = '{tmp_path / 'alerts.jsonl'}'\n"
+        f"{setting}\n"
+    )
+
+    assert main(["config", "check", str(path)]) == 2
+    error = capsys.readouterr().err
+    assert message in error
+    assert error.count("\n") == 1
+
+
 def test_backoff_rejects_invalid_cap():
     from connectors.kafka import RetryBackoff
 

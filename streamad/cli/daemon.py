@@ -21,6 +21,12 @@ def check_checkpoint_options(args) -> None:
     if args.request_timeout_ms <= 500:
         raise UsageError(f"--request-timeout-ms {args.request_timeout_ms} is invalid; use more than 500")
     if args.checkpoint_topic is not None:
+        from connectors.kafka_checkpoints import check_topic_name
+
+        try:
+            check_topic_name(args.checkpoint_topic)
+        except ValueError as error:
+            raise UsageError(f"--checkpoint-topic: {error}") from None
         other_topics = {*args.topic, args.alerts_topic, args.dead_letter_topic} - {None}
         if args.checkpoint_topic in other_topics:
             raise UsageError(
