@@ -5,7 +5,8 @@ caller calls :meth:`~KafkaSource.commit`, after the alerts for those records are
 acknowledged. So delivery is at least once: a crash between the alert acknowledgement and
 the commit sends the records, and their alerts, again. :class:`KafkaAlertSink` and
 :class:`KafkaDeadLetterSink` send JSON and raise from :meth:`~KafkaJsonSink.flush` when a
-message is not acknowledged.
+message is not acknowledged. Given a :class:`RetryBackoff`, the source and the sinks instead
+retry with backoff through a broker outage, see :func:`call_with_retry`.
 
 Tansu 0.6, the broker of the tests and the demo, differs from Apache Kafka in ways that shape
 this module:
@@ -742,8 +743,9 @@ class KafkaJsonSink:
     def close(self, timeout: float = 10.0) -> None:
         """Send what is buffered, waiting up to ``timeout`` seconds, and close the producer."""
         self._producer.close(timeout=timeout)
-        if self._pending:
-            logger.warning("Kafka %s sink closed with %d unacknowledged messages: topic=%s", self.kind, len(self._pending), self.topic)
+        unacknowledged = sum(1 for message in self._pending if message.future is None or not message.future.succeeded())
+        if unacknowledged:
+            logger.warning("Kafka %s sink closed with %d unacknowledged messages: topic=%s", self.kind, unacknowledged, self.topic)
         logger.info("Kafka %s sink closed: topic=%s sent=%d", self.kind, self.topic, self._sent_count)
 
     def __enter__(self) -> KafkaJsonSink:
@@ -754,27 +756,30 @@ class KafkaJsonSink:
 
     def _send_encoded(self, encoded: list[tuple[bytes | None, bytes]], ids: list[str]) -> None:
         for (key, value), item_id in zip(encoded, ids):
-            message = _OutgoingMessage(self._sent_count, key, value, item_id)
-            self._pending.append(message)
+            self._pending.append(_OutgoingMessage(self._sent_count, key, value, item_id))
             self._sent_count += 1
-            self._send(message)
+        self._send_unsent()
 
-    def _send(self, message: _OutgoingMessage) -> None:
-        """Hand a message to the producer, leaving ``future`` None when that fails, so that flush() sends it again."""
-        try:
-            message.future = self._producer.send(self.topic, key=message.key, value=message.value)
-        except KafkaTimeoutError as error:
-            # send() waited max_block_ms for the topic's metadata, e.g. during a broker outage.
-            message.future = None
-            self._log_failure(message.index, message.item_id, error)
-            return
-        message.future.add_errback(self._log_failure, message.index, message.item_id)
+    def _send_unsent(self) -> None:
+        """Hand the pending messages that have no future to the producer, in order.
+
+        When ``send()`` times out waiting max_block_ms for the topic's metadata, e.g. during
+        a broker outage, that message and the later ones keep ``future`` None, so that the
+        next flush sends them again in order instead of blocking once per message.
+        """
+        for message in self._pending:
+            if message.future is not None:
+                continue
+            try:
+                message.future = self._producer.send(self.topic, key=message.key, value=message.value)
+            except KafkaTimeoutError as error:
+                self._log_failure(message.index, message.item_id, error)
+                return
+            message.future.add_errback(self._log_failure, message.index, message.item_id)
 
     def _flush_once(self, timeout: float | None, acknowledged: list[Any]) -> None:
         """Wait for the pending messages once, appending the RecordMetadata of each acknowledged one to ``acknowledged``."""
-        for message in self._pending:
-            if message.future is None:
-                self._send(message)
+        self._send_unsent()
         if not self._pending:
             return
         try:
