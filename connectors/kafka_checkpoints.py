@@ -178,6 +178,9 @@ class KafkaCheckpointStore:
             except KafkaError as error:
                 raise ValueError(f"Kafka checkpoint topic {self.topic!r} could not be read ({error!r})") from error
             self._loaded_at = time.monotonic()
+        # NOTE: the last message of a key wins, not the highest offset. A checkpoint that the
+        # previous owner's producer delivers late can therefore replace the new owner's, and
+        # the partition then resumes from that older checkpoint and scores its records again.
         key = self.key(topic, partition)
         data = self._cache.get(key.encode("utf-8"))
         if data is None:
