@@ -103,10 +103,12 @@ class KafkaCheckpointStore:
         self.retry = retry
         self.client_id = client_id
         self._timeout_ms = int(self.timeout_s * 1000)
+        self._partitions = partitions
+        self._replication_factor = replication_factor
         self._cache: dict[bytes, bytes] = {}
         self._loaded_at: float | None = None
 
-        self._ensure_topic(partitions, replication_factor)
+        self._ensure_topic()
         producer_options: dict[str, Any] = {}
         if retry is not None:
             producer_options["reconnect_backoff_max_ms"] = int(retry.max_s * 1000)
@@ -115,6 +117,10 @@ class KafkaCheckpointStore:
                 bootstrap_servers=bootstrap_servers,
                 client_id=f"{client_id}-producer",
                 acks="all",
+                # Tansu 0.6 rejects every request of an idempotent producer after a restart that
+                # lost its memory storage, as KafkaJsonSink explains. One request in flight keeps
+                # the order of the checkpoints of a partition without idempotence.
+                enable_idempotence=False,
                 linger_ms=0,
                 max_in_flight_requests_per_connection=1,
                 max_request_size=self.max_message_bytes,
@@ -139,9 +145,13 @@ class KafkaCheckpointStore:
         value = encode_checkpoint(topic, partition, offset, state)
 
         def send_and_wait() -> Any:
-            future = self._producer.send(self.topic, key=key, value=value)
-            self._producer.flush(timeout=self.timeout_s)
-            return future.get(timeout=0)
+            try:
+                future = self._producer.send(self.topic, key=key, value=value)
+                self._producer.flush(timeout=self.timeout_s)
+                return future.get(timeout=0)
+            except KafkaError:
+                self._create_lost_topic()
+                raise
 
         ids = f"checkpoint_topic={self.topic} topic={topic} partition={partition} offset={offset}"
         try:
@@ -220,7 +230,12 @@ class KafkaCheckpointStore:
             partitions = consumer.partitions_for_topic(self.topic) or set()
             assigned = [TopicPartition(self.topic, partition) for partition in sorted(partitions)]
             if not assigned:
-                raise KafkaTimeoutError(f"no metadata for topic {self.topic!r}")
+                # The topic existed at start, so it was deleted since, or lost with the memory
+                # storage of a Tansu broker. Waiting for it would block the rebalance for good,
+                # and without it the next writes would go nowhere or to an uncompacted topic.
+                logger.warning("Kafka checkpoint topic not found, creating it again and reading no checkpoints: topic=%s", self.topic)
+                self._create_lost_topic()
+                return values
             consumer.assign(assigned)
             consumer.seek_to_beginning(*assigned)
             remaining = set(assigned)
@@ -252,7 +267,20 @@ class KafkaCheckpointStore:
         )
         return values
 
-    def _ensure_topic(self, partitions: int, replication_factor: int) -> None:
+    def _create_lost_topic(self) -> None:
+        """Create the topic again, if the broker responds and the topic is missing, after a write failed.
+
+        The topic may have been deleted, or lost with the memory storage of a restarted Tansu
+        broker, and then no write would ever succeed. Tansu 0.6 answers a produce request
+        for such a topic with UNKNOWN_SERVER_ERROR, and a producer without metadata for it
+        times out, so every failed write checks.
+        """
+        try:
+            self._ensure_topic()
+        except KafkaError as error:
+            logger.debug("Kafka checkpoint topic not created again: topic=%s error=%r", self.topic, error)
+
+    def _ensure_topic(self) -> None:
         try:
             admin = KafkaAdminClient(
                 bootstrap_servers=self.bootstrap_servers,
@@ -264,13 +292,15 @@ class KafkaCheckpointStore:
             raise _unreachable(self.bootstrap_servers, error) from error
         try:
             configs = {"cleanup.policy": "compact", "max.message.bytes": str(self.max_message_bytes)}
-            new_topic = NewTopic(self.topic, partitions, replication_factor, topic_configs=configs)
+            new_topic = NewTopic(self.topic, self._partitions, self._replication_factor, topic_configs=configs)
             try:
                 admin.create_topics([new_topic], timeout_ms=self._timeout_ms)
             except TopicAlreadyExistsError:
                 self._check_cleanup_policy(admin)
             else:
-                logger.info("Kafka checkpoint topic created: topic=%s partitions=%d cleanup.policy=compact", self.topic, partitions)
+                logger.info(
+                    "Kafka checkpoint topic created: topic=%s partitions=%d cleanup.policy=compact", self.topic, self._partitions
+                )
         finally:
             admin.close()
 

@@ -238,7 +238,8 @@ def _scored_timestamps(path):
 
 
 @pytest.mark.kafka
-def test_daemon_survives_broker_restart(bundle_dir, machine_temperature, tmp_path):
+@pytest.mark.parametrize("extra", [[], ["--checkpoint-topic", "checkpoints"]], ids=["commit-per-batch", "checkpoint-topic"])
+def test_daemon_survives_broker_restart(bundle_dir, machine_temperature, tmp_path, extra):
     from connectors.kafka import create_topic, produce_records
     from connectors.tansu import TansuBroker
 
@@ -252,7 +253,7 @@ def test_daemon_survives_broker_restart(bundle_dir, machine_temperature, tmp_pat
             sys.executable, "-m", "streamad", "--log-level", "INFO", "run",
             "--model", str(bundle_dir), "--bootstrap-servers", broker.bootstrap, "--topic", "metrics",
             "--group-id", "restart", "--alerts-topic", "alerts", "--alerts", str(tmp_path / "alerts.jsonl"),
-            "--scores", str(scores_path), *DAEMON_OPTIONS,
+            "--scores", str(scores_path), *DAEMON_OPTIONS, *extra,
         ]
         with open(log_path, "w") as log:
             daemon = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
@@ -285,6 +286,17 @@ def test_daemon_survives_broker_restart(bundle_dir, machine_temperature, tmp_pat
                 alive_and(lambda: expected <= _scored_timestamps(scores_path)), 180,
                 "the windows of the records produced after the restart", log_path,
             )
+            if extra:
+                # The checkpoint topic was lost with the broker's memory too, and the daemon must
+                # create it again and checkpoint the records of the new input topic. A SIGTERM
+                # during the retries of that write would end them and fail the daemon.
+                _wait_for(
+                    alive_and(
+                        lambda: _checkpointed_offset(broker.bootstrap, "checkpoints") >= len(after) - 1
+                        and not _checkpoint_write_retrying(log_path)
+                    ),
+                    120, "an acknowledged checkpoint of the records produced after the restart", log_path,
+                )
 
             daemon.send_signal(signal.SIGTERM)
             assert daemon.wait(timeout=60) == 0, log_path.read_text()[-4000:]
@@ -338,6 +350,42 @@ def test_daemon_stops_on_sigterm_during_outage(bundle_dir, machine_temperature, 
     assert returncode == 0, log[-4000:]
     assert "stop requested, no more retries" in log
     assert "stopped after" in log
+
+
+def _checkpoint_write_retrying(log_path):
+    """Return True when the last log line about a Kafka checkpoint write is a retry."""
+    lines = [line for line in log_path.read_text().splitlines() if "Kafka checkpoint write" in line]
+    return bool(lines) and "failed, retry" in lines[-1]
+
+
+def _checkpointed_offset(bootstrap, checkpoint_topic):
+    """Return the highest offset in the checkpoints of the checkpoint topic, or -1 while it has none."""
+    from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
+
+    from streamad.engine.checkpoint import decode_checkpoint
+
+    # list_topics() first, because a consumer's metadata request could make Tansu create the topic.
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=5000)
+    try:
+        if checkpoint_topic not in admin.list_topics():
+            return -1
+    finally:
+        admin.close()
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False, request_timeout_ms=5000)
+    offsets = [-1]
+    try:
+        partitions = [TopicPartition(checkpoint_topic, partition) for partition in sorted(consumer.partitions_for_topic(checkpoint_topic) or ())]
+        consumer.assign(partitions)
+        consumer.seek_to_beginning(*partitions)
+        deadline = time.monotonic() + 10
+        while partitions and time.monotonic() < deadline:
+            for records in consumer.poll(timeout_ms=200).values():
+                offsets.extend(decode_checkpoint(record.value, "message").offset for record in records)
+            if all(consumer.highwater(tp) is not None and consumer.position(tp) >= consumer.highwater(tp) for tp in partitions):
+                break
+    finally:
+        consumer.close()
+    return max(offsets)
 
 
 def _closed_port():
