@@ -271,9 +271,9 @@ class KafkaCheckpointStore:
         """Create the topic again, if the broker responds and the topic is missing, after a write failed.
 
         The topic may have been deleted, or lost with the memory storage of a restarted Tansu
-        broker, and then no write would ever succeed. Tansu 0.6 answers a produce request
-        for such a topic with UNKNOWN_SERVER_ERROR, and a producer without metadata for it
-        times out, so every failed write checks.
+        broker, and then no write would ever succeed. Tansu 0.6 returns UNKNOWN_SERVER_ERROR
+        for a produce request to such a topic, and a producer without metadata for it times
+        out, so every failed write checks.
         """
         try:
             self._ensure_topic()
