@@ -5,7 +5,8 @@ caller calls :meth:`~KafkaSource.commit`, after the alerts for those records are
 acknowledged. So delivery is at least once: a crash between the alert acknowledgement and
 the commit sends the records, and their alerts, again. :class:`KafkaAlertSink` and
 :class:`KafkaDeadLetterSink` send JSON and raise from :meth:`~KafkaJsonSink.flush` when a
-message is not acknowledged.
+message is not acknowledged. Given a :class:`RetryBackoff`, the source and the sinks instead
+retry with backoff through a broker outage, see :func:`call_with_retry`.
 
 Tansu 0.6, the broker of the tests and the demo, differs from Apache Kafka in ways that shape
 this module:
@@ -28,15 +29,17 @@ import dataclasses
 import datetime as dt
 import json
 import logging
+import random
+import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 import numpy as np
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
-from kafka.errors import KafkaError, KafkaTimeoutError, TopicAlreadyExistsError
+from kafka.errors import KafkaError, KafkaTimeoutError, TopicAlreadyExistsError, UnknownError
 from kafka.structs import OffsetAndMetadata
 
 from streamad.records import DEFAULT_MAX_BYTES, InvalidRecord, Record, decode_record, encode_record
@@ -48,11 +51,105 @@ _MAX_INVALID_LOGGED_PER_POLL = 10
 
 
 class KafkaDeliveryError(KafkaError):
-    """Messages that the broker did not acknowledge before the flush ended."""
+    """Messages that the broker did not acknowledge before the flush ended.
+
+    ``retriable`` is True when every failure is retriable (see :func:`is_retriable`), such as
+    the KafkaTimeoutError of a batch that expired while the broker was unreachable.
+    """
 
     def __init__(self, message: str, failures: list[tuple[int, Exception]]) -> None:
         super().__init__(message)
         self.failures = failures
+        self.retriable = all(is_retriable(error) for _, error in failures)
+
+
+def is_retriable(error: BaseException) -> bool:
+    """Return True for a Kafka error worth retrying: kafka-python's retriable errors and UNKNOWN_SERVER_ERROR (-1).
+
+    Tansu 0.6 returned UNKNOWN_SERVER_ERROR for a produce request right after a restart
+    that lost its memory storage (seen in tests/test_daemon_broker_restart.py), and Apache
+    Kafka returns it for unexpected failures inside the broker.
+    """
+    return isinstance(error, KafkaError) and (bool(getattr(error, "retriable", False)) or isinstance(error, UnknownError))
+
+
+_Result = TypeVar("_Result")
+
+
+class RetryBackoff:
+    """Exponential backoff with jitter between the retries of a Kafka operation during a broker outage.
+
+    The ceiling of retry ``n`` (from 1) is ``initial_s * 2 ** (n - 1)``, capped at ``max_s``,
+    and the delay is drawn uniformly from the upper half of the ceiling, so that many
+    daemons do not retry in step. Setting ``stop`` ends the waiting: the operation then
+    raises its last error instead of retrying.
+    """
+
+    def __init__(self, max_s: float = 30.0, initial_s: float = 0.5, stop: threading.Event | None = None) -> None:
+        if isinstance(max_s, bool) or not isinstance(max_s, (int, float)) or not max_s > 0:
+            raise ValueError(f"max_s={max_s!r} is invalid; use seconds > 0")
+        if isinstance(initial_s, bool) or not isinstance(initial_s, (int, float)) or not initial_s > 0:
+            raise ValueError(f"initial_s={initial_s!r} is invalid; use seconds > 0")
+        self.max_s = float(max_s)
+        self.initial_s = min(float(initial_s), self.max_s)
+        self.stop = stop if stop is not None else threading.Event()
+        self._random = random.Random()
+
+    def delay(self, retry: int) -> float:
+        """Return the seconds to wait before retry number ``retry`` (1 for the first retry)."""
+        ceiling = min(self.max_s, self.initial_s * 2.0 ** min(max(retry - 1, 0), 64))
+        return ceiling * (0.5 + 0.5 * self._random.random())
+
+    def wait(self, seconds: float) -> bool:
+        """Sleep ``seconds`` and return True, or return False as soon as ``stop`` is set."""
+        return not self.stop.wait(seconds)
+
+
+def call_with_retry(
+    operation: Callable[[], _Result],
+    backoff: RetryBackoff | None,
+    action: str,
+    waiting_for: Callable[[], str],
+    ids: Callable[[], str],
+) -> _Result:
+    """Call ``operation`` until it succeeds, waiting ``backoff`` delays after its retriable Kafka errors.
+
+    Each failure logs one WARNING with ``action``, the retry number, the delay, what the
+    retry waits for (``waiting_for()``), the ids (``ids()``, e.g. ``"topic=alerts"``) and the
+    error. The first success after a failure logs one INFO line, and so does an error that
+    is not retriable after a failure, because the broker responded. A Kafka error that is
+    not retriable is raised at once, and so is any error when ``backoff`` is None or its
+    ``stop`` event is set.
+    """
+    retries = 0
+    started = time.monotonic()
+    while True:
+        try:
+            result = operation()
+        except KafkaError as error:
+            if retries and not is_retriable(error):
+                logger.info(
+                    "%s: the broker responded again after %d retries in %.1f s, with an error that is not retried: %s",
+                    action, retries, time.monotonic() - started, ids(),
+                )
+            if backoff is None or not is_retriable(error) or backoff.stop.is_set():
+                raise
+            retries += 1
+            delay = backoff.delay(retries)
+            logger.warning(
+                "%s failed, retry %d in %.1f s, waiting for %s: %s error=%r",
+                action, retries, delay, waiting_for(), ids(), error,
+            )
+            if not backoff.wait(delay):
+                logger.warning("%s: stop requested, no more retries: %s", action, ids())
+                raise
+            continue
+        if retries:
+            logger.info(
+                "%s succeeded after %d retries in %.1f s, the broker is reachable again: %s",
+                action, retries, time.monotonic() - started, ids(),
+            )
+        return result
 
 
 # Consumer side
@@ -209,10 +306,20 @@ class KafkaSource:
     Call :meth:`poll` in a loop, process the messages, and :meth:`commit` them after their
     results are delivered. A malformed record does not raise. It arrives as a
     :class:`SourceMessage` with ``error`` set.
+
+    With ``retry``, a retriable Kafka error of a poll, for example during a broker outage,
+    is logged and the poll returns no message after a backoff delay, and a commit that
+    fails with one is retried with backoff until it succeeds or ``retry.stop`` is set.
+    kafka-python reconnects by itself, with its reconnection backoff capped at
+    ``retry.max_s``. The constructor still raises when no broker responds within
+    ``request_timeout_ms``, so a wrong address fails at start.
     """
 
-    def __init__(self, config: KafkaSourceConfig) -> None:
+    def __init__(self, config: KafkaSourceConfig, retry: RetryBackoff | None = None) -> None:
         self.config = config
+        self.retry = retry
+        self._poll_retries = 0
+        self._poll_failing_since = 0.0
         self.invalid_count = 0
         self._closed = False
         self._buffered: list[SourceMessage] = []
@@ -220,8 +327,12 @@ class KafkaSource:
         self.rebalance_handler: Any = None
         # Set by pause() and cleared by resume(); newly assigned partitions are paused while it is set.
         self._pausing = False
+        options: dict[str, Any] = {}
+        if retry is not None:
+            options["reconnect_backoff_max_ms"] = int(retry.max_s * 1000)
         try:
             self._consumer = KafkaConsumer(
+                **options,
                 bootstrap_servers=config.bootstrap_servers,
                 client_id=config.client_id,
                 group_id=config.group_id,
@@ -232,6 +343,7 @@ class KafkaSource:
                 heartbeat_interval_ms=config.heartbeat_interval_ms,
                 max_poll_interval_ms=config.max_poll_interval_ms,
                 request_timeout_ms=config.request_timeout_ms,
+                bootstrap_timeout_ms=config.request_timeout_ms,
             )
         except KafkaTimeoutError as error:
             raise _bootstrap_error(config.bootstrap_servers, error) from error
@@ -257,7 +369,10 @@ class KafkaSource:
         if self._buffered:
             messages, self._buffered = self._buffered, []
             return messages
-        return self._fetch(self.config.poll_timeout_ms if timeout_ms is None else timeout_ms)
+        timeout_ms = self.config.poll_timeout_ms if timeout_ms is None else timeout_ms
+        if self.retry is None:
+            return self._fetch(timeout_ms)
+        return self._fetch_or_back_off(timeout_ms)
 
     def commit(self, messages_or_offsets: Iterable[SourceMessage] | Mapping[Any, int]) -> dict[tuple[str, int], int]:
         """Commit offsets synchronously and return the committed offset per ``(topic, partition)``.
@@ -269,8 +384,11 @@ class KafkaSource:
         this source last committed for the partition is skipped, so a late commit of an older
         batch cannot rewind the group.
 
-        Raises ``kafka.errors.CommitFailedError`` when the group rebalanced since the poll. The
-        uncommitted records are then delivered again to the partition's new owner.
+        Each attempt waits at most ``request_timeout_ms``. Raises ``kafka.errors.CommitFailedError``
+        when the group rebalanced since the poll. The uncommitted records are then delivered
+        again to the partition's new owner. Raises ``kafka.errors.KafkaTimeoutError`` when the
+        coordinator did not respond in time, which with ``retry`` happens only after
+        ``retry.stop`` is set.
         """
         next_offsets = _next_offsets(messages_or_offsets)
         to_commit = {
@@ -281,7 +399,13 @@ class KafkaSource:
         if not to_commit:
             return {}
         try:
-            self._consumer.commit(to_commit)
+            call_with_retry(
+                lambda: self._consumer.commit(to_commit, timeout_ms=self.config.request_timeout_ms),
+                self.retry,
+                "Kafka offset commit",
+                lambda: "the group coordinator to accept the offsets",
+                lambda: f"group={self.config.group_id} offsets={_format_offsets(to_commit)}",
+            )
         except KafkaError as error:
             logger.error(
                 "Kafka offset commit failed: group=%s offsets=%s error=%r",
@@ -458,6 +582,36 @@ class KafkaSource:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
+    def _fetch_or_back_off(self, timeout_ms: int) -> list[SourceMessage]:
+        """Fetch records, or after a retriable Kafka error log it, wait the backoff delay and return no message.
+
+        kafka-python 3.0.12 returns empty polls while the broker is unreachable and
+        reconnects by itself, so this handles the errors that a poll still raises, e.g. a
+        timed-out offset lookup.
+        """
+        try:
+            messages = self._fetch(timeout_ms)
+        except KafkaError as error:
+            if not is_retriable(error):
+                raise
+            if self._poll_retries == 0:
+                self._poll_failing_since = time.monotonic()
+            self._poll_retries += 1
+            delay = self.retry.delay(self._poll_retries)
+            logger.warning(
+                "Kafka poll failed, retry %d in %.1f s, waiting for the broker: group=%s topics=%s error=%r",
+                self._poll_retries, delay, self.config.group_id, ",".join(self.config.topics), error,
+            )
+            self.retry.wait(delay)
+            return []
+        if self._poll_retries:
+            logger.info(
+                "Kafka poll succeeded after %d retries in %.1f s, the broker is reachable again: group=%s topics=%s",
+                self._poll_retries, time.monotonic() - self._poll_failing_since, self.config.group_id, ",".join(self.config.topics),
+            )
+            self._poll_retries = 0
+        return messages
+
     def _fetch(self, timeout_ms: int) -> list[SourceMessage]:
         batches = self._consumer.poll(timeout_ms=timeout_ms, max_records=self.config.max_poll_records)
         messages: list[SourceMessage] = []
@@ -546,6 +700,17 @@ def _format_offsets(offsets: Mapping[TopicPartition, OffsetAndMetadata]) -> str:
 # Producer side
 
 
+@dataclass
+class _OutgoingMessage:
+    """A message of a sink that is not acknowledged yet; ``future`` is None until it is (re-)sent."""
+
+    index: int
+    key: bytes | None
+    value: bytes
+    item_id: str
+    future: Any = None
+
+
 class KafkaJsonSink:
     """A producer that sends JSON messages to one topic and reports unacknowledged ones on flush.
 
@@ -556,12 +721,18 @@ class KafkaJsonSink:
     idempotence is a possible duplicate after a retry, which the at-least-once delivery of
     the source allows anyway.
 
+    A message that the broker did not acknowledge is kept and sent again by the next
+    :meth:`flush`. With ``retry``, :meth:`flush` itself waits with backoff and sends the
+    failed messages again until the broker acknowledges them or ``retry.stop`` is set.
+
     Times are in milliseconds:
 
     - ``linger_ms``: how long the producer waits to fill a batch.
-    - ``request_timeout_ms``: how long one produce request waits for its response.
+    - ``request_timeout_ms``: how long one produce request waits for its response. With
+      ``retry``, it is also how long one flush attempt waits before it logs a retry.
     - ``delivery_timeout_ms``: maximum time from send to acknowledgement, retries included.
     - ``max_block_ms``: how long ``send()`` may block for metadata or buffer space.
+    - ``bootstrap_timeout_ms``: how long the constructor waits to connect to the broker.
     """
 
     kind = "message"
@@ -576,7 +747,9 @@ class KafkaJsonSink:
         request_timeout_ms: int = 30_000,
         delivery_timeout_ms: int = 120_000,
         max_block_ms: int = 60_000,
+        bootstrap_timeout_ms: int = 30_000,
         enable_idempotence: bool = False,
+        retry: RetryBackoff | None = None,
     ) -> None:
         if not isinstance(topic, str) or not topic:
             raise ValueError(f"topic={topic!r} is invalid; give a non-empty topic name")
@@ -586,8 +759,14 @@ class KafkaJsonSink:
                 f"({linger_ms + request_timeout_ms})"
             )
         self.topic = topic
-        self._pending: list[tuple[int, Any]] = []
+        self.retry = retry
+        self._request_timeout_s = request_timeout_ms / 1000
+        self._pending: list[_OutgoingMessage] = []
         self._sent_count = 0
+        options: dict[str, Any] = {}
+        if retry is not None:
+            # kafka-python's own reconnection backoff grows to 30 s by default, so it is capped like the retries.
+            options["reconnect_backoff_max_ms"] = int(retry.max_s * 1000)
         self._producer = _make_producer(
             bootstrap_servers,
             client_id=client_id or f"streamad-{self.kind}-sink",
@@ -595,46 +774,45 @@ class KafkaJsonSink:
             request_timeout_ms=request_timeout_ms,
             delivery_timeout_ms=delivery_timeout_ms,
             max_block_ms=max_block_ms,
+            bootstrap_timeout_ms=bootstrap_timeout_ms,
             enable_idempotence=enable_idempotence,
+            **options,
         )
 
     def flush(self, timeout: float | None = None) -> list[Any]:
         """Wait until every message sent so far is acknowledged and return their RecordMetadata.
 
-        ``timeout`` is in seconds, None waits up to ``delivery_timeout_ms``. Raises
-        KafkaDeliveryError when a message failed, and ``kafka.errors.KafkaTimeoutError`` when
-        the time ran out. Commit source offsets only after this returns.
+        ``timeout`` is in seconds per attempt. None waits up to ``delivery_timeout_ms``, or
+        with ``retry`` up to ``request_timeout_ms`` before each retry. Without ``retry`` it
+        raises KafkaDeliveryError when a message failed and ``kafka.errors.KafkaTimeoutError``
+        when the time ran out. With ``retry`` it raises them only when the error is not
+        retriable or ``retry.stop`` is set. The unacknowledged messages are kept either way.
+        Commit source offsets only after this returns.
         """
-        pending, self._pending = self._pending, []
-        if not pending:
-            return []
-        try:
-            self._producer.flush(timeout=timeout)
-        except KafkaError:
-            # Keep the messages so that a later flush() can wait for them again.
-            self._pending = pending + self._pending
-            logger.error("Kafka flush timed out: topic=%s unacknowledged=%d", self.topic, len(pending))
-            raise
+        acknowledged: list[Any] = []
+        if self.retry is None:
+            self._flush_once(timeout, acknowledged)
+            return acknowledged
+        attempt_timeout = self._request_timeout_s if timeout is None else timeout
 
-        acknowledged = []
-        failures: list[tuple[int, Exception]] = []
-        for index, future in pending:
-            if future.failed():
-                failures.append((index, future.exception))
-            else:
-                acknowledged.append(future.value)
-        if failures:
-            first_index, first_error = failures[0]
-            raise KafkaDeliveryError(
-                f"{len(failures)} of {len(pending)} {self.kind}s to topic {self.topic!r} were not acknowledged "
-                f"(first: {self.kind} {first_index}, {first_error!r}); check the broker and send them again",
-                failures,
-            )
-        return acknowledged
+        def attempt() -> list[Any]:
+            self._flush_once(attempt_timeout, acknowledged)
+            return acknowledged
+
+        return call_with_retry(
+            attempt,
+            self.retry,
+            f"Kafka {self.kind} delivery",
+            lambda: f"the broker to acknowledge {len(self._pending)} {self.kind}s",
+            lambda: f"topic={self.topic}",
+        )
 
     def close(self, timeout: float = 10.0) -> None:
         """Send what is buffered, waiting up to ``timeout`` seconds, and close the producer."""
         self._producer.close(timeout=timeout)
+        unacknowledged = sum(1 for message in self._pending if message.future is None or not message.future.succeeded())
+        if unacknowledged:
+            logger.warning("Kafka %s sink closed with %d unacknowledged messages: topic=%s", self.kind, unacknowledged, self.topic)
         logger.info("Kafka %s sink closed: topic=%s sent=%d", self.kind, self.topic, self._sent_count)
 
     def __enter__(self) -> KafkaJsonSink:
@@ -645,14 +823,70 @@ class KafkaJsonSink:
 
     def _send_encoded(self, encoded: list[tuple[bytes | None, bytes]], ids: list[str]) -> None:
         for (key, value), item_id in zip(encoded, ids):
-            index = self._sent_count
-            future = self._producer.send(self.topic, key=key, value=value)
-            future.add_errback(self._log_failure, index, item_id)
-            self._pending.append((index, future))
+            self._pending.append(_OutgoingMessage(self._sent_count, key, value, item_id))
             self._sent_count += 1
+        self._send_unsent()
+
+    def _send_unsent(self) -> None:
+        """Hand the pending messages that have no future to the producer, in order.
+
+        When ``send()`` times out waiting max_block_ms for the topic's metadata, e.g. during
+        a broker outage, that message and the later ones keep ``future`` None, so that the
+        next flush sends them again in order instead of blocking once per message.
+        """
+        for message in self._pending:
+            if message.future is not None:
+                continue
+            try:
+                message.future = self._producer.send(self.topic, key=message.key, value=message.value)
+            except KafkaTimeoutError as error:
+                self._log_failure(message.index, message.item_id, error)
+                return
+            message.future.add_errback(self._log_failure, message.index, message.item_id)
+
+    def _flush_once(self, timeout: float | None, acknowledged: list[Any]) -> None:
+        """Wait for the pending messages once, appending the RecordMetadata of each acknowledged one to ``acknowledged``."""
+        self._send_unsent()
+        if not self._pending:
+            return
+        try:
+            self._producer.flush(timeout=timeout)
+        except KafkaTimeoutError as error:
+            if self.retry is None:
+                logger.error("Kafka flush timed out: topic=%s unacknowledged=%d", self.topic, len(self._pending))
+            waited = "in time" if timeout is None else f"within {timeout:g} s"
+            raise KafkaTimeoutError(
+                f"{len(self._pending)} {self.kind}s to topic {self.topic!r} were not acknowledged {waited} "
+                f"({error}); the next flush waits for them again"
+            ) from error
+
+        failed: list[_OutgoingMessage] = []
+        failures: list[tuple[int, Exception]] = []
+        for message in self._pending:
+            if message.future is None:
+                failed.append(message)
+                failures.append((message.index, KafkaTimeoutError("not sent: no metadata for the topic within max_block_ms")))
+            elif message.future.failed():
+                failures.append((message.index, message.future.exception))
+                message.future = None
+                failed.append(message)
+            else:
+                acknowledged.append(message.future.value)
+        count = len(self._pending)
+        # The failed messages stay, so that the next flush sends them again.
+        self._pending = failed
+        if failures:
+            first_index, first_error = failures[0]
+            raise KafkaDeliveryError(
+                f"{len(failures)} of {count} {self.kind}s to topic {self.topic!r} were not acknowledged "
+                f"(first: {self.kind} {first_index}, {first_error!r}); the next flush sends them again",
+                failures,
+            )
 
     def _log_failure(self, index: int, item_id: str, error: Exception) -> None:
-        logger.error("Kafka %s not delivered: topic=%s %s error=%r", self.kind, self.topic, item_id, error)
+        # With retry, flush() logs one line per retry for all failed messages instead.
+        level = logging.ERROR if self.retry is None else logging.DEBUG
+        logger.log(level, "Kafka %s not delivered: topic=%s %s error=%r", self.kind, self.topic, item_id, error)
 
 
 class KafkaAlertSink(KafkaJsonSink):

@@ -129,6 +129,10 @@ def _add_run(subparsers) -> argparse.ArgumentParser:
     _add_alertmanager_options(parser)
     # Backpressure.
     parser.add_argument("--max-in-flight", type=int, default=10_000, help="maximum number of events accepted but not yet delivered by asynchronous sinks, such as a webhook outbox; above it the daemon pauses its partitions until the backlog falls below half (default 10000)")
+    # Checkpoints in Kafka and broker outages.
+    parser.add_argument("--checkpoint-topic", help="compacted Kafka topic for the per-partition state checkpoints, created if missing; with --checkpoint-dir too, both are written and the checkpoint with the higher offset is read")
+    parser.add_argument("--retry-backoff-max-s", type=float, default=30.0, help="maximum seconds between two retries of a Kafka delivery, commit or checkpoint during a broker outage; the wait starts at 0.5 s and doubles, with jitter (default 30)")
+    parser.add_argument("--request-timeout-ms", type=int, default=30_000, help="ms that one Kafka request (fetch, commit, delivery, checkpoint) waits before it fails or is retried, and that the daemon waits for the broker at start (default 30000)")
     parser.set_defaults(handler=commands.run)
     return parser
 

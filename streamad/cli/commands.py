@@ -335,17 +335,18 @@ def check_max_in_flight(value) -> None:
 
 def run(args) -> int:
     """Run the Kafka consumer daemon until SIGINT or SIGTERM."""
-    from streamad.cli.daemon import build_checkpointer, build_daemon
+    from streamad.cli.daemon import build_checkpointer, build_daemon, close_checkpointer
 
     check_max_in_flight(args.max_in_flight)
     bundle = load_bundle(args.model)
     engine = StreamEngine(bundle, _engine_config(args, has_clock=True))
-    checkpointer = build_checkpointer(args, engine)
-    metrics, status_server = _build_metrics(args, engine)
-    reloader = _build_reloader(args, engine, metrics)
-    source, alert_sinks, dead_letter_sinks, point_sinks = build_daemon(args)
+    # Created first, so that SIGTERM also ends the Kafka retries during a broker outage.
     stop = threading.Event()
     _install_stop_handlers(stop)
+    checkpointer = build_checkpointer(args, engine, stop)
+    metrics, status_server = _build_metrics(args, engine)
+    reloader = _build_reloader(args, engine, metrics)
+    source, alert_sinks, dead_letter_sinks, point_sinks = build_daemon(args, stop)
     logger.info("consuming %s as group %s with model %s", ",".join(args.topic), args.group_id, bundle.version)
     try:
         stats = run_stream(
@@ -359,6 +360,7 @@ def run(args) -> int:
             sink.close()
         if status_server is not None:
             status_server.close()
+        close_checkpointer(checkpointer)
     logger.info(
         "stopped after %d records: %d windows scored, %d events, dead letters %s, %d backpressure pauses",
         stats.messages, stats.points, stats.events, dict(stats.dead_letters), stats.pauses,

@@ -17,6 +17,7 @@ an uninterrupted run near the threshold.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -77,20 +78,10 @@ class CheckpointStore:
     def write(self, topic: str, partition: int, offset: int, state: EngineState) -> Path:
         """Write the checkpoint of a partition atomically and return its path."""
         path = self.path(topic, partition)
-        meta = {
-            "format_version": FORMAT_VERSION,
-            "topic": topic,
-            "partition": int(partition),
-            "offset": int(offset),
-            "written_at": time.time(),
-            "engine": state.meta,
-        }
-        payload = {name: np.asarray(array) for name, array in state.arrays.items()}
-        payload[_META_KEY] = np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8)
-
+        data = encode_checkpoint(topic, partition, offset, state)
         temporary = self.directory / f".{path.name}.{os.getpid()}{_TEMPORARY_SUFFIX}"
         with open(temporary, "wb") as file:
-            np.savez(file, **payload)
+            file.write(data)
             file.flush()
             os.fsync(file.fileno())
         os.replace(temporary, path)
@@ -104,29 +95,65 @@ class CheckpointStore:
         """
         path = self.path(topic, partition)
         try:
-            with np.load(path, allow_pickle=False) as archive:
-                arrays = {name: archive[name] for name in archive.files}
+            data = path.read_bytes()
         except FileNotFoundError:
             return None
-        except (OSError, ValueError, zipfile.BadZipFile) as error:
+        except OSError as error:
             raise ValueError(f"checkpoint {path} cannot be read ({error}); delete it to start the partition afresh") from None
+        return decode_checkpoint(data, f"checkpoint {path}")
 
-        meta_bytes = arrays.pop(_META_KEY, None)
-        if meta_bytes is None:
-            raise ValueError(f"checkpoint {path} has no metadata; delete it to start the partition afresh")
-        meta = json.loads(meta_bytes.tobytes().decode("utf-8"))
-        if meta.get("format_version") != FORMAT_VERSION:
-            raise ValueError(
-                f"checkpoint {path} has format version {meta.get('format_version')!r}, this version reads "
-                f"{FORMAT_VERSION}; delete it to start the partition afresh"
-            )
-        return PartitionCheckpoint(
-            topic=meta["topic"],
-            partition=int(meta["partition"]),
-            offset=int(meta["offset"]),
-            written_at=float(meta["written_at"]),
-            state=EngineState(meta["engine"], arrays),
+
+def encode_checkpoint(topic: str, partition: int, offset: int, state: EngineState) -> bytes:
+    """Serialize the checkpoint of a partition to the bytes of an ``.npz`` archive.
+
+    The archive contains the arrays of ``state`` and a JSON metadata entry with the format
+    version, topic, partition, offset, the time of writing and the engine metadata. Every
+    checkpoint store writes these bytes, so a checkpoint reads the same from any store.
+    """
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "topic": topic,
+        "partition": int(partition),
+        "offset": int(offset),
+        "written_at": time.time(),
+        "engine": state.meta,
+    }
+    payload = {name: np.asarray(array) for name, array in state.arrays.items()}
+    payload[_META_KEY] = np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8)
+    buffer = io.BytesIO()
+    np.savez(buffer, **payload)
+    return buffer.getvalue()
+
+
+def decode_checkpoint(data: bytes, source: str) -> PartitionCheckpoint:
+    """Parse the bytes written by :func:`encode_checkpoint`.
+
+    ``source`` names where the bytes come from, e.g. ``"checkpoint /var/ck/metrics.0.npz"``,
+    in the error messages. Raises ValueError when the bytes are not a checkpoint of this
+    format version.
+    """
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as archive:
+            arrays = {name: archive[name] for name in archive.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
+        raise ValueError(f"{source} cannot be read ({error}); delete it to start the partition afresh") from None
+
+    meta_bytes = arrays.pop(_META_KEY, None)
+    if meta_bytes is None:
+        raise ValueError(f"{source} has no metadata; delete it to start the partition afresh")
+    meta = json.loads(meta_bytes.tobytes().decode("utf-8"))
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise ValueError(
+            f"{source} has format version {meta.get('format_version')!r}, this version reads "
+            f"{FORMAT_VERSION}; delete it to start the partition afresh"
         )
+    return PartitionCheckpoint(
+        topic=meta["topic"],
+        partition=int(meta["partition"]),
+        offset=int(meta["offset"]),
+        written_at=float(meta["written_at"]),
+        state=EngineState(meta["engine"], arrays),
+    )
 
 
 def _fsync_directory(directory: Path) -> None:

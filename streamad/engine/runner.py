@@ -184,7 +184,8 @@ def _update_metrics(metrics, engine, source, checkpointer, messages, stats: RunS
             batch_seconds=time.monotonic() - polled_at if messages else None,
             lag=getattr(source, "lag", None),
             checkpoints=None if checkpointer is None else checkpointer.checkpointed,
-            checkpoint_path=None if checkpointer is None else checkpointer.store.path,
+            # Only the directory store has files; for a Kafka store the time is when the write was noticed.
+            checkpoint_path=None if checkpointer is None else getattr(checkpointer.store, "path", None),
         )
     except Exception as error:  # noqa: BLE001 - metrics must never stop the scoring
         metrics.update_failures += 1
