@@ -132,6 +132,11 @@ def test_config_check_accepts_valid_file(tmp_path, model_dir, capsys):
         ("", "checkpoint_every_records = 0", "--checkpoint-every-records 0 is invalid"),
         ("", "heartbeat_interval_ms = 20000", "heartbeat_interval_ms=20000 must be less than"),
         ("", "score = 'nope'", "--score 'nope' is unknown"),
+        ("", "max_in_flight = 0", "--max-in-flight 0 is invalid"),
+        ("", "metrics_address = '0.0.0.0'", "--metrics-allow-remote"),
+        ("", "metrics_port = 70000", "--metrics-port 70000 is invalid"),
+        ("", "reload_interval_s = -1", "--reload-interval-s -1"),
+        ("", "alertmanager = 'alertmanager:9093'", "--alertmanager 'alertmanager:9093' is invalid"),
     ],
 )
 def test_config_check_rejects_invalid_run(tmp_path, model_dir, capsys, remove, extra, message):

@@ -294,8 +294,21 @@ def _install_stop_handlers(stop: threading.Event) -> None:
 
 def _build_metrics(args, engine):
     """Return the daemon's metrics and its started status server, or ``(None, None)`` without ``--metrics-port``."""
-    from connectors.http_status import StatusServer, check_listen_address
+    from connectors.http_status import StatusServer
     from streamad.metrics import CONTENT_TYPE, DaemonMetrics
+
+    max_stall_s = _check_metrics_options(args)
+    if args.metrics_port == 0:
+        return None, None
+    metrics = DaemonMetrics(max_stall_s)
+    metrics.set_model(engine.bundle.version, engine.bundle.path)
+    server = StatusServer(args.metrics_address, args.metrics_port, metrics.render, metrics.health, CONTENT_TYPE)
+    return metrics, server.start()
+
+
+def _check_metrics_options(args) -> float:
+    """Raise UsageError or ValueError on an invalid metrics option; return the health check's stall limit in seconds."""
+    from connectors.http_status import check_listen_address
 
     max_stall_s = args.health_max_stall_s
     if max_stall_s is None:
@@ -305,12 +318,24 @@ def _build_metrics(args, engine):
     if not 0 <= args.metrics_port <= 65535:
         raise UsageError(f"--metrics-port {args.metrics_port} is invalid; use a TCP port in 1-65535, or 0 for no server")
     check_listen_address(args.metrics_address, args.metrics_allow_remote)
-    if args.metrics_port == 0:
-        return None, None
-    metrics = DaemonMetrics(max_stall_s)
-    metrics.set_model(engine.bundle.version, engine.bundle.path)
-    server = StatusServer(args.metrics_address, args.metrics_port, metrics.render, metrics.health, CONTENT_TYPE)
-    return metrics, server.start()
+    return max_stall_s
+
+
+def check_run_options(args) -> None:
+    """Raise UsageError or ValueError on an out-of-range option of ``run`` that no other check covers.
+
+    It connects to nothing, so ``streamad config check`` uses it too.
+    """
+    check_max_in_flight(args.max_in_flight)
+    _check_metrics_options(args)
+    if args.reload_interval_s < 0:
+        raise UsageError(f"--reload-interval-s {args.reload_interval_s} is invalid; use seconds > 0, or 0 to disable reloading")
+    if args.alertmanager:
+        if not args.alertmanager.startswith(("http://", "https://")):
+            raise UsageError(f"--alertmanager {args.alertmanager!r} is invalid; use the http:// or https:// base URL of Alertmanager")
+        for flag, value in (("--alertmanager-resend-s", args.alertmanager_resend_s), ("--alertmanager-timeout-s", args.alertmanager_timeout_s)):
+            if not value > 0:
+                raise UsageError(f"{flag} {value!r} is invalid; use a positive number of seconds")
 
 
 def _build_reloader(args, engine, metrics):
@@ -337,7 +362,7 @@ def run(args) -> int:
     """Run the Kafka consumer daemon until SIGINT or SIGTERM."""
     from streamad.cli.daemon import build_checkpointer, build_daemon, close_checkpointer
 
-    check_max_in_flight(args.max_in_flight)
+    check_run_options(args)
     bundle = load_bundle(args.model)
     engine = StreamEngine(bundle, _engine_config(args, has_clock=True))
     # Created first, so that SIGTERM also ends the Kafka retries during a broker outage.

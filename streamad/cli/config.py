@@ -156,7 +156,7 @@ def check(args) -> int:
     """Check a ``streamad run`` config: the file, the environment overrides, the options and the model bundle."""
     from streamad.bundle import load_bundle
     from streamad.cli import build_parser
-    from streamad.cli.commands import _engine_config
+    from streamad.cli.commands import _engine_config, check_run_options
     from streamad.cli.daemon import check_checkpoint_options, source_config
     from streamad.engine import StreamEngine
 
@@ -180,6 +180,7 @@ def check(args) -> int:
             f"or stdout, or add a [{WEBHOOKS_TABLE}.<name>] table"
         )
     check_checkpoint_options(run_args)
+    check_run_options(run_args)
     source_config(run_args)
     bundle = load_bundle(run_args.model)
     StreamEngine(bundle, _engine_config(run_args, has_clock=True))
