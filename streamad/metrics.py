@@ -123,6 +123,18 @@ class DaemonMetrics:
             ["result"],
             registry=registry,
         )
+        self.backpressure_paused = Gauge(
+            "streamad_backpressure_paused",
+            "1 while backpressure pauses the partitions: from a backlog above --max-in-flight until it falls below half of it. "
+            "Else 0.",
+            registry=registry,
+        )
+        self.outbox_backlog = Gauge(
+            "streamad_outbox_backlog",
+            "Events accepted by asynchronous sinks, such as the webhook outbox, and not delivered yet, "
+            "as read before the last poll.",
+            registry=registry,
+        )
         self.uptime = Gauge("streamad_uptime_seconds", "Seconds since the daemon started.", registry=registry)
         self.uptime.set_function(lambda: self.clock() - self.started)
         self.poll_age = Gauge(
@@ -185,6 +197,11 @@ class DaemonMetrics:
             self._set_checkpoints(checkpoints, checkpoint_path)
         if lag is not None:
             self._set_lag(lag())
+
+    def observe_backpressure(self, *, paused: bool, backlog: int) -> None:
+        """Show whether backpressure pauses the partitions and the sinks' backlog that decided it."""
+        self.backpressure_paused.set(1 if paused else 0)
+        self.outbox_backlog.set(backlog)
 
     def set_model(self, version: str, path: str | Path | None) -> None:
         """Show ``version`` as the model in use."""

@@ -232,6 +232,7 @@ def test_backpressure_pauses_and_keeps_polling():
     assert backpressure.pauses == 1
     assert backpressure.resumes == 1
     assert backpressure.max_backlog == 11
+    assert backpressure.backlog == 4
 
 
 def test_backpressure_without_backlog_sinks_polls_directly():

@@ -7,6 +7,7 @@ would.
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -37,10 +38,12 @@ SPIKE_ROWS = slice(700, 706)
 SERIES = "machine"
 # Maximum seconds a test waits for the daemon to reach a state.
 WAIT_S = 120.0
+# --max-in-flight of the health test: two undelivered events pause the daemon.
+MAX_IN_FLIGHT = 1
 CONSUMER_OPTIONS = [
     "--session-timeout-ms", "6000",
     "--heartbeat-interval-ms", "2000",
-    # Long enough that the webhook stall of the health test does not make the consumer leave the group.
+    # Generous, so that a slow batch on a loaded machine does not make the consumer leave the group.
     "--max-poll-interval-ms", "30000",
     "--max-poll-records", "50",
 ]
@@ -152,8 +155,11 @@ def _model_version(samples):
     return None
 
 
-class StallingWebhook:
-    """A webhook endpoint that holds the first event of the spike until the test releases it."""
+class DelayingWebhook:
+    """A webhook endpoint that delays its response to the first event of the spike until the test releases it.
+
+    ``events`` lists every request body in arrival order, a retried event more than once.
+    """
 
     def __init__(self, spike_start_ms):
         self.spike_start_ms = spike_start_ms
@@ -166,8 +172,7 @@ class StallingWebhook:
             def do_POST(self):  # noqa: N802 - fixed by BaseHTTPRequestHandler
                 event = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 webhook.events.append(event)
-                start_ms = int(np.datetime64(event["start"].rstrip("Z"), "ms").astype(np.int64))
-                if start_ms >= webhook.spike_start_ms and not webhook.held.is_set():
+                if _epoch_ms(event["start"]) >= webhook.spike_start_ms and not webhook.held.is_set():
                     webhook.held.set()
                     webhook.release.wait(timeout=WAIT_S)
                 self.send_response(200)
@@ -188,7 +193,20 @@ class StallingWebhook:
         self.server.server_close()
 
 
+def _paused(samples):
+    return samples.get(("streamad_backpressure_paused", ())) == 1
+
+
 def test_daemon_serves_metrics_and_health(kafka_bootstrap, new_topic, group_id, bundles, records, tmp_path):
+    """Scrape /metrics and /healthz while backpressure pauses the daemon mid-stream, and at the end of the stream.
+
+    The webhook delays its response to the spike's first event, so the outbox backlog exceeds
+    --max-in-flight and the daemon pauses its partition. A paused daemon keeps polling, so
+    /healthz stays 200 beyond --health-max-stall-s. The daemon has no synchronous sink that
+    could stall its loop, so the 503 of a stalled loop is checked by the unit tests of
+    tests/test_metrics.py (test_metrics_health_fails_after_stall and
+    test_status_server_serves_metrics_and_health), not here.
+    """
     from connectors.kafka import produce_records
 
     bundle_dir = tmp_path / "model"
@@ -198,11 +216,13 @@ def test_daemon_serves_metrics_and_health(kafka_bootstrap, new_topic, group_id, 
     acknowledged = produce_records(kafka_bootstrap, topic, payloads)
     last_offset = max(offset for _, offset in acknowledged)
 
-    webhook = StallingWebhook(records[SPIKE_ROWS.start].timestamp)
+    webhook = DelayingWebhook(records[SPIKE_ROWS.start].timestamp)
     port = _free_port()
+    max_stall_s = 5.0
     daemon = _start_daemon(
         tmp_path, kafka_bootstrap, bundle_dir, topic, group_id, port,
-        "--webhook", webhook.url, "--webhook-timeout", "120", "--health-max-stall-s", "2",
+        "--webhook", webhook.url, "--outbox", str(tmp_path / "outbox.db"), "--webhook-timeout", str(int(WAIT_S) + 30),
+        "--max-in-flight", str(MAX_IN_FLIGHT), "--health-max-stall-s", str(max_stall_s),
     )
     try:
         _wait_for(daemon, tmp_path, port, lambda samples: True, "the metrics server")
@@ -210,27 +230,35 @@ def test_daemon_serves_metrics_and_health(kafka_bootstrap, new_topic, group_id, 
         assert status == 200, body
         assert json.loads(body)["model_version"] == bundles[0].version
 
-        # The webhook delays its response to the spike's first event, so the loop stalls in the middle of the stream.
+        # While the webhook delays its response to the spike's first event, the next events of the incident
+        # raise the outbox backlog above --max-in-flight, and the daemon pauses in the middle of the stream.
         assert webhook.held.wait(timeout=WAIT_S), f"no event of the spike reached the webhook; log:\n{_log(tmp_path)}"
-        deadline = time.monotonic() + 30
-        status = None
-        while time.monotonic() < deadline:
+        paused = _wait_for(daemon, tmp_path, port, _paused, "the backpressure pause")
+        assert paused[("streamad_outbox_backlog", ())] > MAX_IN_FLIGHT
+        assert _lag(paused, topic, 0) > 0
+        assert "sinks are slow, pausing consumption" in (tmp_path / "daemon.log").read_text()
+
+        # Paused for longer than --health-max-stall-s, the daemon still polls, so it stays healthy and reads no record.
+        records_at_pause = paused[("streamad_records_total", (("topic", topic),))]
+        observed_until = time.monotonic() + 2 * max_stall_s
+        while time.monotonic() < observed_until:
             status, body = _get(f"http://127.0.0.1:{port}/healthz")
-            if status == 503:
-                break
-            time.sleep(0.2)
-        assert status == 503, f"/healthz stayed {status} while the loop was stalled: {body}"
-        assert json.loads(body)["status"] == "stalled"
-        stalled = _scrape(port)
-        assert _lag(stalled, topic, 0) > 0
-        assert stalled[("streamad_seconds_since_last_poll", ())] > 2
+            assert status == 200, f"/healthz returned {status} while the daemon was paused: {body}"
+            time.sleep(0.5)
+        still_paused = _scrape(port)
+        assert _paused(still_paused), f"the pause ended while the webhook delayed an event; log:\n{_log(tmp_path)}"
+        assert still_paused[("streamad_records_total", (("topic", topic),))] == records_at_pause
+        assert _lag(still_paused, topic, 0) == _lag(paused, topic, 0)
+        assert still_paused[("streamad_seconds_since_last_poll", ())] < max_stall_s
         webhook.release.set()
 
         samples = _wait_for(
             daemon, tmp_path, port,
             lambda samples: samples.get(("streamad_checkpoint_offset", (("partition", "0"), ("topic", topic)))) == last_offset
-            and _lag(samples, topic, 0) == 0,
-            "the whole stream to be checkpointed",
+            and _lag(samples, topic, 0) == 0
+            and samples.get(("streamad_outbox_backlog", ())) == 0
+            and not _paused(samples),
+            "the whole stream to be checkpointed and its events delivered",
         )
         status, body = _get(f"http://127.0.0.1:{port}/healthz")
         assert status == 200, body
@@ -249,14 +277,19 @@ def test_daemon_serves_metrics_and_health(kafka_bootstrap, new_topic, group_id, 
     assert events, "the spike raised no incident"
     by_status = {dict(labels)["status"]: value for (name, labels), value in samples.items() if name == "streamad_incident_events_total"}
     assert by_status == dict(Counter(event["status"] for event in events))
+    delivered = {(event["alert_id"], event["sequence"]) for event in webhook.events}
+    assert delivered == {(event["alert_id"], event["sequence"]) for event in events}
     assert samples[("streamad_batch_duration_seconds_count", ())] >= len(payloads) / 50
     assert samples[("streamad_batch_duration_seconds_bucket", (("le", "+Inf"),))] == samples[("streamad_batch_duration_seconds_count", ())]
-    # The held batch took longer than the stall limit.
-    assert samples[("streamad_batch_duration_seconds_bucket", (("le", "1.0"),))] < samples[("streamad_batch_duration_seconds_count", ())]
     assert _model_version(samples) == bundles[0].version
     checkpoint_time = samples[("streamad_checkpoint_last_success_timestamp_seconds", (("partition", "0"), ("topic", topic)))]
     assert abs(checkpoint_time - time.time()) < WAIT_S
     assert samples[("streamad_uptime_seconds", ())] > 0
+    log = (tmp_path / "daemon.log").read_text()
+    assert "resuming consumption after" in log
+    pauses = re.search(r"(\d+) backpressure pauses", log)
+    assert pauses is not None, _log(tmp_path)
+    assert int(pauses.group(1)) >= 1
 
 
 def _write_half_bundle(bundle, target, staging):

@@ -136,6 +136,23 @@ def test_metrics_checkpoint_time_from_file(tmp_path):
     assert ("streamad_checkpoint_offset", labels) not in _samples(metrics)
 
 
+def test_metrics_backpressure_gauges():
+    metrics = DaemonMetrics(max_stall_s=10)
+    samples = _samples(metrics)
+    assert samples[("streamad_backpressure_paused", ())] == 0
+    assert samples[("streamad_outbox_backlog", ())] == 0
+
+    metrics.observe_backpressure(paused=True, backlog=12)
+    samples = _samples(metrics)
+    assert samples[("streamad_backpressure_paused", ())] == 1
+    assert samples[("streamad_outbox_backlog", ())] == 12
+
+    metrics.observe_backpressure(paused=False, backlog=3)
+    samples = _samples(metrics)
+    assert samples[("streamad_backpressure_paused", ())] == 0
+    assert samples[("streamad_outbox_backlog", ())] == 3
+
+
 def test_metrics_health_fails_after_stall():
     clock = FakeClock()
     metrics = DaemonMetrics(max_stall_s=5, clock=clock)

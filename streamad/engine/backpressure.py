@@ -68,7 +68,8 @@ class Backpressure:
     """Pause and resume a source from the backlog of ``sinks``; used by :func:`~streamad.engine.runner.run_stream`.
 
     Call :meth:`poll` in place of ``source.poll()``. ``pauses``, ``resumes`` and
-    ``max_backlog`` (the highest backlog read) are counters for logs and tests.
+    ``max_backlog`` (the highest backlog read) are counters for logs and tests, and
+    ``backlog`` is the reading taken before the last poll, for the metrics.
     """
 
     def __init__(self, sinks: Iterable, max_in_flight: int) -> None:
@@ -77,6 +78,7 @@ class Backpressure:
         self.pauses = 0
         self.resumes = 0
         self.max_backlog = 0
+        self.backlog = 0
         self._paused_since = 0.0
 
     @property
@@ -88,6 +90,7 @@ class Backpressure:
         backlog = sinks_backlog(self.sinks)
         if backlog is None:
             return source.poll()
+        self.backlog = backlog
         self.max_backlog = max(self.max_backlog, backlog)
         change = self.gate.update(backlog)
         if change == "pause":

@@ -158,7 +158,7 @@ def run_stream(
         if checkpointer is not None and checkpointer.due():
             _checkpoint_and_commit(checkpointer, source)
         if metrics is not None:
-            _update_metrics(metrics, engine, source, checkpointer, messages, stats, polled_at)
+            _update_metrics(metrics, engine, source, checkpointer, messages, stats, polled_at, backpressure)
         if reloader is not None:
             _reload_model(reloader)
         if until is not None and until():
@@ -173,10 +173,14 @@ def run_stream(
     return stats
 
 
-def _update_metrics(metrics, engine, source, checkpointer, messages, stats: RunStats, polled_at: float) -> None:
+def _update_metrics(
+    metrics, engine, source, checkpointer, messages, stats: RunStats, polled_at: float, backpressure: Backpressure | None = None
+) -> None:
     """Hand the state of the loop after one poll to ``metrics``; a failure is logged and the loop goes on."""
     try:
         metrics.set_model(engine.bundle.version, engine.bundle.path)
+        if backpressure is not None:
+            metrics.observe_backpressure(paused=backpressure.paused, backlog=backpressure.backlog)
         metrics.observe_loop(
             polled_at=polled_at,
             messages=messages,
