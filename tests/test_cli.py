@@ -333,3 +333,19 @@ def test_cli_replay_skips_values_out_of_range(two_channel_model, tmp_path, capsy
         assert json.loads(base64.b64decode(entry["raw_base64"]))["values"][0] == huge[entry["offset"]]
     assert "rejected 2 records: value_out_of_range" in capsys.readouterr().out
     assert sum("reason=value_out_of_range" in record.getMessage() for record in caplog.records) == 2
+
+
+def test_cli_model_folder_read_as_versions(tmp_path, capsys):
+    folder = tmp_path / "work"
+    (folder / "out").mkdir(parents=True)
+    (folder / "notes.txt").write_text("not a model\n")
+    data = tmp_path / "live.jsonl"
+    data.write_text("\n".join(_live_lines("pump", 5)) + "\n")
+
+    code = main(["replay", "--model", str(folder), "--data", str(data), "--scores", str(tmp_path / "s.csv"), "--alerts", str(tmp_path / "a.jsonl")])
+
+    assert code != 0
+    error = capsys.readouterr().err
+    assert f"{str(folder)!r} has no bundle files, so it was read as a directory of model versions" in error
+    assert "current version 'out' (chosen as the subdirectory saved last)" in error
+    assert "model.pt is missing" in error
