@@ -25,10 +25,12 @@ logger = logging.getLogger(__name__)
 STOCHASTIC_SCORES = ("elbo", "importance")
 
 # Largest magnitude of a scaled value, in training standard deviations, that the engine scores.
-# The window buffers and the model are float32 (max about 3.4e38), and the encoder sums
-# L * C weighted inputs, so values near that limit overflow to inf inside the model; a
-# scaled value of 1e20 leaves 18 orders of magnitude of headroom for those sums, and its
-# score (about x², computed in float64) stays finite. No real measurement is this far out.
+# The window buffers and the model compute in float32 (max about 3.4e38), and the encoder sums
+# L * C weighted inputs, so values near that limit overflow to inf inside the model. 1e20 leaves
+# about 18 orders of magnitude for those sums, and the scores are summed in float64, so the
+# square of such a value stays finite.
+# NOTE: the headroom was measured on small test models only (scores finite up to 1e36); a model
+# with much larger weights could overflow below this bound, and process() then drops its windows.
 MAX_SCALED_MAGNITUDE = 1e20
 
 
@@ -254,20 +256,16 @@ class StreamEngine:
 
         points: list[ScoredPoint] = []
         incident_events: list[tuple[IncidentEvent, int]] = []
+        dropped: list[tuple[Record, float]] = []
         for position, (slot, record_index) in enumerate(zip(window_slots, window_records)):
             record = records[record_index]
             score = float(scores[position])
             if not np.isfinite(score):
-                # A window without a finite score is dropped, logged and counted, and leaves the
-                # threshold quantile and the incident untouched, so one bad window can neither
-                # stop the daemon nor corrupt the threshold. The checks in process() reject the
-                # values known to overflow, so this is a model problem to report.
-                self.stats["windows_dropped_non_finite_score"] += 1
-                logger.error(
-                    "series %r: the window ending at timestamp %d has the non-finite score %r; the window is "
-                    "dropped; check the model bundle %s (%s)",
-                    record.series, record.timestamp, score, self.bundle.path, self.bundle.version,
-                )
+                # A window without a finite score is dropped and counted, and leaves the threshold
+                # quantile and the incident untouched, so one bad window can neither stop the daemon
+                # nor corrupt the threshold. Values known to overflow were rejected above, so such a
+                # score points to a problem of the model, which the error log below reports.
+                dropped.append((record, score))
                 continue
             self.stats["windows_scored"] += 1
             is_alert, threshold = self.threshold.update(record.series, score)
@@ -277,6 +275,15 @@ class StreamEngine:
             if event is not None:
                 incident_events.append((event, position))
 
+        if dropped:
+            # NOTE: this count is in engine.stats only, not on /metrics.
+            self.stats["windows_dropped_non_finite_score"] += len(dropped)
+            first_record, first_score = dropped[0]
+            logger.error(
+                "%d windows have a non-finite score and are dropped, the first of series %r ending at timestamp %d "
+                "with score %r; check model bundle %s (%s)",
+                len(dropped), first_record.series, first_record.timestamp, first_score, self.bundle.path, self.bundle.version,
+            )
         events = self._event_dicts(incident_events, batch)
         self.stats["alerts"] += sum(point.is_alert for point in points)
         return EngineResult(points, events, rejected)
@@ -436,18 +443,28 @@ class StreamEngine:
         )
 
     def _score_or_nan(self, batch: torch.Tensor, window_records: list[Record]) -> np.ndarray:
-        """Score ``batch``; when the batch raises, score window by window and give NaN to each one that raises."""
+        """Score ``batch``; when the batch raises, score window by window and give NaN to each one that raises.
+
+        Scoring one by one draws other samples for the ``elbo`` and ``importance`` scores than
+        one batch would, so their scores of that batch differ from an undisturbed run.
+        """
         try:
             return self._score(batch)
         except (ValueError, RuntimeError) as error:
-            logger.error("scoring a batch of %d windows failed (%s); scoring them one by one", len(batch), error)
+            logger.error("scoring a batch of %d windows failed, so they are scored one by one: %s", len(batch), error)
         scores = np.full(len(batch), np.nan)
+        failures = []
         for position in range(len(batch)):
             try:
                 scores[position] = self._score(batch[position : position + 1])[0]
             except (ValueError, RuntimeError) as error:
-                record = window_records[position]
-                logger.error("series %r: scoring the window ending at timestamp %d failed: %s", record.series, record.timestamp, error)
+                failures.append((window_records[position], error))
+        if failures:
+            record, error = failures[0]
+            logger.error(
+                "scoring %d of %d windows failed, the first of series %r ending at timestamp %d: %s",
+                len(failures), len(batch), record.series, record.timestamp, error,
+            )
         return scores
 
     def _score(self, batch: torch.Tensor) -> np.ndarray:
