@@ -183,12 +183,12 @@ def resolve_bundle_path(directory: str | Path) -> Path:
 def _incomplete_version_message(requested: Path, chosen: Path, missing: str) -> str:
     """Return the error for an incomplete bundle that :func:`resolve_bundle_path` chose in a directory of versions."""
     if (requested / CURRENT_FILE).is_file():
-        how = f"named by {str(requested / CURRENT_FILE)!r}"
+        selection = f"named by {str(requested / CURRENT_FILE)!r}"
     else:
-        how = "chosen as the subdirectory saved last"
+        selection = "chosen as the subdirectory saved last"
     return (
         f"model directory {str(requested)!r} has no bundle files, so it was read as a directory of model versions, "
-        f"and its current version {chosen.name!r} ({how}) is incomplete: {missing} is missing; pass a bundle "
+        f"and its current version {chosen.name!r} ({selection}) is incomplete: {missing} is missing; pass a bundle "
         f"written by 'streamad train --out DIR', or retrain that version"
     )
 

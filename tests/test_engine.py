@@ -187,7 +187,9 @@ def test_engine_scores_large_value_below_bound(bundle):
     assert any(p.is_alert for p in result.points)
 
 
-def test_engine_rejects_value_overflowing_after_scaling(bundle):
+# Raw values that are small in float32 but 1e25 and 1e40 standard deviations out after scaling.
+@pytest.mark.parametrize("value", [1e-5, 1e10])
+def test_engine_rejects_value_overflowing_after_scaling(bundle, value):
     import copy
 
     small_std = copy.copy(bundle)
@@ -195,7 +197,6 @@ def test_engine_rejects_value_overflowing_after_scaling(bundle):
     small_std.scaler.scale_ = np.full_like(bundle.scaler.scale_, 1e-30)
     small_std.scaler.mean_ = np.zeros_like(bundle.scaler.mean_)
     engine = StreamEngine(small_std)
-    value = 1e-5  # 1e25 standard deviations, but a small float32 value
     records = [Record("s", 1, np.array([value, 0.0])), Record("s", 2, np.array([0.0, 0.0]))]
 
     with np.errstate(all="raise"):
@@ -221,8 +222,8 @@ def test_engine_drops_window_with_non_finite_score(bundle, monkeypatch, caplog):
     result = engine.process(_records(series))
 
     assert len(result.points) == len(clean.points) - 1
-    kept = [p.score for i, p in enumerate(clean.points) if i != 5]
-    assert [p.score for p in result.points] == kept
+    expected_scores = [p.score for i, p in enumerate(clean.points) if i != 5]
+    assert [p.score for p in result.points] == expected_scores
     assert engine.stats["windows_dropped_non_finite_score"] == 1
     assert "non-finite score" in caplog.text
     assert all(np.isfinite(p.threshold) for p in result.points)

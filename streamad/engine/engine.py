@@ -29,8 +29,8 @@ STOCHASTIC_SCORES = ("elbo", "importance")
 # L * C weighted inputs, so values near that limit overflow to inf inside the model. 1e20 leaves
 # about 18 orders of magnitude for those sums, and the scores are summed in float64, so the
 # square of such a value stays finite.
-# NOTE: the headroom was measured on small test models only (scores finite up to 1e36); a model
-# with much larger weights could overflow below this bound, and process() then drops its windows.
+# NOTE: the headroom was measured on small test models only, whose scores stay finite up to 1e36.
+# A model with much larger weights could overflow below this bound, and process() then drops its windows.
 MAX_SCALED_MAGNITUDE = 1e20
 
 
