@@ -180,6 +180,19 @@ def resolve_bundle_path(directory: str | Path) -> Path:
     return max(versions, key=lambda path: (_saved_time(path), path.name))
 
 
+def _incomplete_version_message(requested: Path, chosen: Path, missing: str) -> str:
+    """Return the error for an incomplete bundle that :func:`resolve_bundle_path` chose in a directory of versions."""
+    if (requested / CURRENT_FILE).is_file():
+        selection = f"named by {str(requested / CURRENT_FILE)!r}"
+    else:
+        selection = "chosen as the subdirectory saved last"
+    return (
+        f"model directory {str(requested)!r} has no bundle files, so it was read as a directory of model versions, "
+        f"and its current version {chosen.name!r} ({selection}) is incomplete: {missing} is missing; pass a bundle "
+        f"written by 'streamad train --out DIR', or retrain that version"
+    )
+
+
 def _saved_time(version_directory: Path) -> float:
     """Return the POSIX time at which the bundle in ``version_directory`` was saved, see :func:`resolve_bundle_path`."""
     metadata_path = version_directory / METADATA_FILE
@@ -206,12 +219,15 @@ def load_bundle(directory: str | Path, device: str = "cpu") -> ModelBundle:
         If a file is missing, the format is newer than this release supports, or the
         files do not match the stored version (the bundle was modified after saving).
     """
-    directory = resolve_bundle_path(directory)
+    requested = Path(directory)
+    directory = resolve_bundle_path(requested)
     if not directory.is_dir():
         raise BundleError(f"model bundle {str(directory)!r} not found; train one with 'streamad train --out {directory}'")
     for name in (WEIGHTS_FILE, CONFIG_FILE, METADATA_FILE, VALIDATION_FILE):
         if not (directory / name).is_file():
-            raise BundleError(f"model bundle {str(directory)!r} is incomplete: {name} is missing; retrain it")
+            if directory == requested:
+                raise BundleError(f"model bundle {str(directory)!r} is incomplete: {name} is missing; retrain it")
+            raise BundleError(_incomplete_version_message(requested, directory, name))
 
     config_bytes = (directory / CONFIG_FILE).read_bytes()
     config = json.loads(config_bytes)

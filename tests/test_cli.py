@@ -305,3 +305,47 @@ def test_name_options_rewrites_only_options():
     assert name_options("resolve_after=0 (--resolve-after) is invalid", parsers["replay"]) == "--resolve-after 0 is invalid"
     assert name_options("window=200 is too long", parsers["select"]) == "window=200 is too long"
     assert name_options("max_fill=-1 is invalid", None) == "max_fill=-1 is invalid"
+
+
+def test_cli_replay_skips_values_out_of_range(two_channel_model, tmp_path, capsys, caplog):
+    lines = _live_lines("pump", 30)
+    huge = {10: 1e40, 20: -1e308}
+    for row, value in huge.items():
+        record = json.loads(lines[row])
+        record["values"][0] = value
+        lines[row] = json.dumps(record)
+    data = tmp_path / "huge.jsonl"
+    data.write_text("\n".join(lines) + "\n")
+    scores = tmp_path / "scores.csv"
+    dead_letters = tmp_path / "dead.jsonl"
+
+    with caplog.at_level(logging.WARNING):
+        code = main(["replay", "--model", str(two_channel_model), "--data", str(data), "--scores", str(scores), "--alerts", str(tmp_path / "a.jsonl"), "--dead-letter", str(dead_letters)])
+
+    assert code == 0
+    assert len(scores.read_text().splitlines()) == 1 + 30 - len(huge) - 8 + 1
+    entries = [json.loads(line) for line in dead_letters.read_text().splitlines()]
+    assert [entry["offset"] for entry in entries] == sorted(huge)
+    for entry in entries:
+        assert entry["reason"] == "value_out_of_range"
+        assert entry["topic"] == "pump"
+        assert repr(huge[entry["offset"]]) in entry["message"]
+        assert json.loads(base64.b64decode(entry["raw_base64"]))["values"][0] == huge[entry["offset"]]
+    assert "rejected 2 records: value_out_of_range" in capsys.readouterr().out
+    assert sum("reason=value_out_of_range" in record.getMessage() for record in caplog.records) == 2
+
+
+def test_cli_model_folder_read_as_versions(tmp_path, capsys):
+    folder = tmp_path / "work"
+    (folder / "out").mkdir(parents=True)
+    (folder / "notes.txt").write_text("not a model\n")
+    data = tmp_path / "live.jsonl"
+    data.write_text("\n".join(_live_lines("pump", 5)) + "\n")
+
+    code = main(["replay", "--model", str(folder), "--data", str(data), "--scores", str(tmp_path / "s.csv"), "--alerts", str(tmp_path / "a.jsonl")])
+
+    assert code != 0
+    error = capsys.readouterr().err
+    assert f"{str(folder)!r} has no bundle files, so it was read as a directory of model versions" in error
+    assert "current version 'out' (chosen as the subdirectory saved last)" in error
+    assert "model.pt is missing" in error

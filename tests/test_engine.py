@@ -148,3 +148,99 @@ class _ListSink:
 
     def close(self):
         pass
+
+
+def _with_huge_value(series, row, value):
+    records = _records(series)
+    poisoned = records[row].values.copy()
+    poisoned[0] = value
+    records[row] = Record(records[row].series, records[row].timestamp, poisoned)
+    return records
+
+
+@pytest.mark.parametrize("value", [1e40, -1e308, 1e30, 1e21])
+def test_engine_rejects_value_out_of_range(bundle, value):
+    series = _sine_series("s", 60, seed=3)
+    clean_records = _records(series)
+    del clean_records[30]
+    clean = StreamEngine(bundle).process(clean_records)
+
+    engine = StreamEngine(bundle)
+    result = engine.process(_with_huge_value(series, 30, value))
+
+    assert [(r.index, r.reason) for r in result.rejected] == [(30, "value_out_of_range")]
+    message = result.rejected[0].message
+    assert "'s'" in message
+    assert repr(value) in message
+    assert "'c0'" in message
+    assert "fix the producer" in message
+    assert [p.score for p in result.points] == [p.score for p in clean.points]
+    assert [p.is_alert for p in result.points] == [p.is_alert for p in clean.points]
+    assert engine.stats["rejected_value_out_of_range"] == 1
+
+
+def test_engine_scores_large_value_below_bound(bundle):
+    engine = StreamEngine(bundle)
+    result = engine.process(_with_huge_value(_sine_series("s", 60, seed=3), 30, 1e15))
+    assert result.rejected == []
+    assert all(np.isfinite(p.score) for p in result.points)
+    assert any(p.is_alert for p in result.points)
+
+
+# Raw values that are small in float32 but 1e25 and 1e40 standard deviations out after scaling.
+@pytest.mark.parametrize("value", [1e-5, 1e10])
+def test_engine_rejects_value_overflowing_after_scaling(bundle, value):
+    import copy
+
+    small_std = copy.copy(bundle)
+    small_std.scaler = copy.deepcopy(bundle.scaler)
+    small_std.scaler.scale_ = np.full_like(bundle.scaler.scale_, 1e-30)
+    small_std.scaler.mean_ = np.zeros_like(bundle.scaler.mean_)
+    engine = StreamEngine(small_std)
+    records = [Record("s", 1, np.array([value, 0.0])), Record("s", 2, np.array([0.0, 0.0]))]
+
+    with np.errstate(all="raise"):
+        result = engine.process(records)
+
+    assert [(r.index, r.reason) for r in result.rejected] == [(0, "value_out_of_range")]
+    assert engine.stats["records"] == 1
+    assert engine.buffers.last_timestamp[engine.buffers.slots["s"]] == 2
+
+
+def test_engine_drops_window_with_non_finite_score(bundle, monkeypatch, caplog):
+    series = _sine_series("s", 40, seed=3)
+    clean = StreamEngine(bundle).process(_records(series))
+    engine = StreamEngine(bundle)
+    original = engine._score
+
+    def score_with_one_nan(batch):
+        scores = original(batch).copy()
+        scores[5] = np.inf
+        return scores
+
+    monkeypatch.setattr(engine, "_score", score_with_one_nan)
+    result = engine.process(_records(series))
+
+    assert len(result.points) == len(clean.points) - 1
+    expected_scores = [p.score for i, p in enumerate(clean.points) if i != 5]
+    assert [p.score for p in result.points] == expected_scores
+    assert engine.stats["windows_dropped_non_finite_score"] == 1
+    assert "non-finite score" in caplog.text
+    assert all(np.isfinite(p.threshold) for p in result.points)
+
+
+def test_engine_survives_scorer_error(bundle, monkeypatch):
+    series = _sine_series("s", 40, seed=3)
+    engine = StreamEngine(bundle)
+    original = engine._score
+
+    def failing_for_batches(batch):
+        if len(batch) > 1:
+            raise RuntimeError("linalg.svd: the algorithm failed to converge")
+        return original(batch)
+
+    monkeypatch.setattr(engine, "_score", failing_for_batches)
+    result = engine.process(_records(series))
+
+    assert len(result.points) == 40 - WINDOW + 1
+    assert all(np.isfinite(p.score) for p in result.points)

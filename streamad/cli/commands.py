@@ -205,19 +205,30 @@ def replay(args) -> int:
             warn_if_epoch_seconds(series.series_id, int(series.timestamps[0]))
     # NOTE: rows that the loader drops for an out-of-order timestamp are only logged, not
     # written to --dead-letter.
+    # Records that the engine rejects (e.g. value_out_of_range) follow the loader's lines in
+    # --dead-letter, with the series id as topic and the row of the series as offset.
     dead_letters = JsonLinesSink(args.dead_letter, append=False) if args.dead_letter else None
     if dead_letters is not None:
         dead_letters.send(list(invalid_lines.entries.values()))
-        dead_letters.close()
+        dead_letters.flush()
     engine = StreamEngine(bundle, _engine_config(args, has_clock))
     writer = ScoresCsvWriter(args.scores, has_clock)
     alerts = JsonLinesSink(args.alerts, append=False)
     try:
         source = FileReplaySource(series_list, speed=args.speed)
-        stats = run_stream(engine, source, [alerts], until=lambda: source.exhausted, on_points=writer.write)
+        stats = run_stream(
+            engine,
+            source,
+            [alerts],
+            dead_letter_sinks=[dead_letters] if dead_letters is not None else [],
+            until=lambda: source.exhausted,
+            on_points=writer.write,
+        )
     finally:
         writer.close()
         alerts.close()
+        if dead_letters is not None:
+            dead_letters.close()
     skipped = engine.stats["windows_skipped_gap"]
     invalid_destination = f"written to {args.dead_letter}" if args.dead_letter else "logged only, see --dead-letter"
     print(

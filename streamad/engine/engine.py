@@ -24,6 +24,15 @@ logger = logging.getLogger(__name__)
 
 STOCHASTIC_SCORES = ("elbo", "importance")
 
+# Largest magnitude of a scaled value, in training standard deviations, that the engine scores.
+# The window buffers and the model compute in float32 (max about 3.4e38), and the encoder sums
+# L * C weighted inputs, so values near that limit overflow to inf inside the model. 1e20 leaves
+# about 18 orders of magnitude for those sums, and the scores are summed in float64, so the
+# square of such a value stays finite.
+# NOTE: the headroom was measured on small test models only, whose scores stay finite up to 1e36.
+# A model with much larger weights could overflow below this bound, and process() then drops its windows.
+MAX_SCALED_MAGNITUDE = 1e20
+
 
 @dataclass
 class EngineConfig:
@@ -138,9 +147,10 @@ class StreamEngine:
     record to its series' window buffer. All windows that the batch completes are scored in
     one forward pass, and then thresholds and incident grouping are applied in record order.
 
-    Records whose timestamp does not increase within their series, or whose number of
-    values differs from the model's channels, are returned as rejections and change no
-    state.
+    Records whose timestamp does not increase within their series, whose number of
+    values differs from the model's channels, or whose scaled values are infinite or
+    beyond :data:`MAX_SCALED_MAGNITUDE` (``value_out_of_range``), are returned as
+    rejections and change no state.
 
     Parameters
     ----------
@@ -218,8 +228,14 @@ class StreamEngine:
                 )
                 continue
 
+            with np.errstate(over="ignore", invalid="ignore"):
+                scaled = self.bundle.scaler.transform(values[None, :])[0]
+            out_of_range = self._out_of_range_message(record, values, scaled)
+            if out_of_range is not None:
+                rejected.append(Rejection(index, "value_out_of_range", out_of_range))
+                continue
+
             self.stats["records"] += 1
-            scaled = self.bundle.scaler.transform(values[None, :])[0]
             if not self.buffers.push(slot, record.timestamp, scaled):
                 continue
             if not self.buffers.window_is_valid(slot):
@@ -235,15 +251,23 @@ class StreamEngine:
             return EngineResult([], [], rejected)
 
         batch = torch.from_numpy(np.stack(windows))
-        scores = self._score(batch)
+        scores = self._score_or_nan(batch, [records[index] for index in window_records])
         probabilities = self.calibrator.probability(scores)
-        self.stats["windows_scored"] += len(scores)
 
         points: list[ScoredPoint] = []
         incident_events: list[tuple[IncidentEvent, int]] = []
+        dropped: list[tuple[Record, float]] = []
         for position, (slot, record_index) in enumerate(zip(window_slots, window_records)):
             record = records[record_index]
             score = float(scores[position])
+            if not np.isfinite(score):
+                # A window without a finite score is dropped and counted, and leaves the threshold
+                # quantile and the incident untouched, so one bad window can neither stop the daemon
+                # nor corrupt the threshold. Values known to overflow were rejected above, so such a
+                # score points to a problem of the model, which the error log below reports.
+                dropped.append((record, score))
+                continue
+            self.stats["windows_scored"] += 1
             is_alert, threshold = self.threshold.update(record.series, score)
             probability = float(probabilities[position])
             points.append(ScoredPoint(record.series, record.timestamp, score, threshold, probability, is_alert))
@@ -251,6 +275,15 @@ class StreamEngine:
             if event is not None:
                 incident_events.append((event, position))
 
+        if dropped:
+            # NOTE: this count is in engine.stats only, not on /metrics.
+            self.stats["windows_dropped_non_finite_score"] += len(dropped)
+            first_record, first_score = dropped[0]
+            logger.error(
+                "%d windows have a non-finite score and are dropped, the first of series %r ending at timestamp %d "
+                "with score %r; check model bundle %s (%s)",
+                len(dropped), first_record.series, first_record.timestamp, first_score, self.bundle.path, self.bundle.version,
+            )
         events = self._event_dicts(incident_events, batch)
         self.stats["alerts"] += sum(point.is_alert for point in points)
         return EngineResult(points, events, rejected)
@@ -392,6 +425,47 @@ class StreamEngine:
         self.buffers.reset_rows(slots)
         self.incidents.reset_rows(slots)
         self.threshold.forget(series_ids)
+
+    def _out_of_range_message(self, record: Record, values: np.ndarray, scaled: np.ndarray) -> str | None:
+        """Return why ``record`` cannot be scored when a scaled value is infinite or above the bound, else None.
+
+        NaN stays allowed, because the gap policy of :class:`SeriesBuffers` handles it.
+        """
+        bad = ~np.isnan(scaled) & ~(np.abs(scaled) <= MAX_SCALED_MAGNITUDE)
+        if not bad.any():
+            return None
+        channel = int(np.flatnonzero(bad)[0])
+        return (
+            f"series {record.series!r}: value {float(values[channel])!r} of channel {self.channel_names[channel]!r} "
+            f"is {float(scaled[channel]):.3g} training standard deviations from the training mean, beyond the "
+            f"{MAX_SCALED_MAGNITUDE:.0e} that the model can score without overflow; fix the producer's value or unit, "
+            f"or retrain the model on data of this scale"
+        )
+
+    def _score_or_nan(self, batch: torch.Tensor, window_records: list[Record]) -> np.ndarray:
+        """Score ``batch``; when the batch raises, score window by window and give NaN to each one that raises.
+
+        Scoring one by one draws other samples for the ``elbo`` and ``importance`` scores than
+        one batch would, so their scores of that batch differ from an undisturbed run.
+        """
+        try:
+            return self._score(batch)
+        except (ValueError, RuntimeError) as error:
+            logger.error("scoring a batch of %d windows failed, so they are scored one by one: %s", len(batch), error)
+        scores = np.full(len(batch), np.nan)
+        failures = []
+        for position in range(len(batch)):
+            try:
+                scores[position] = self._score(batch[position : position + 1])[0]
+            except (ValueError, RuntimeError) as error:
+                failures.append((window_records[position], error))
+        if failures:
+            record, error = failures[0]
+            logger.error(
+                "scoring %d of %d windows failed, the first of series %r ending at timestamp %d: %s",
+                len(failures), len(batch), record.series, record.timestamp, error,
+            )
+        return scores
 
     def _score(self, batch: torch.Tensor) -> np.ndarray:
         options = dict(self.config.score_options)
