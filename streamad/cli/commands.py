@@ -329,6 +329,7 @@ def check_run_options(args) -> None:
     """
     check_finite_options(args)
     check_output_paths(args)
+    _alert_options(args)
     check_max_in_flight(args.max_in_flight)
     _check_metrics_options(args)
     if args.reload_interval_s < 0:
@@ -394,10 +395,12 @@ def check_max_in_flight(value) -> None:
 
 def run(args) -> int:
     """Run the Kafka consumer daemon until SIGINT or SIGTERM."""
-    from streamad.cli.daemon import build_checkpointer, build_daemon, close_checkpointer, source_config
+    from streamad.cli.daemon import build_checkpointer, build_daemon, check_checkpoint_options, close_checkpointer, source_config
 
     check_run_options(args)
-    source_config(args)  # Raises ValueError on an invalid Kafka option before anything connects.
+    # Both raise on an invalid Kafka option before anything connects.
+    check_checkpoint_options(args)
+    source_config(args)
     bundle = load_bundle(args.model)
     engine = StreamEngine(bundle, _engine_config(args, has_clock=True))
     # Created first, so that SIGTERM also ends the Kafka retries during a broker outage.
