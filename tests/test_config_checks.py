@@ -1,4 +1,4 @@
-"""Start-up checks of `streamad run` and `streamad config check` found by a new-user trial.
+"""Start-up checks of `streamad run` and `streamad config check`: outputs, numbers, headers, Kafka and messages.
 
 Every check here runs before the model bundle is loaded, so the tests use a model path that
 does not exist: a test that reached the bundle would fail with "not found" instead.
@@ -59,6 +59,12 @@ def test_run_rejects_shared_output_file(tmp_path, monkeypatch, capsys, first, se
     assert f"--{first} and --{second} are the same file" in error
     assert "c.db" in error
     assert "give them different paths" in error
+
+
+def test_replay_rejects_shared_output_file(tmp_path, capsys):
+    argv = ["replay", "--model", str(tmp_path / "no-model"), "--data", "d.csv", "--scores", str(tmp_path / "x")]
+    assert main([*argv, "--alerts", str(tmp_path / "y"), "--dead-letter", str(tmp_path / "x")]) == 2
+    assert "--scores and --dead-letter are the same file" in _last_error(capsys)
 
 
 def test_config_check_rejects_shared_output_file(tmp_path, capsys):

@@ -193,10 +193,7 @@ def replay(args) -> int:
     """Replay ``--data`` through the engine; write the scores CSV and the alerts file."""
     from connectors.files import FileReplaySource, JsonLinesSink, ScoresCsvWriter
 
-    if Path(args.scores).resolve() == Path(args.alerts).resolve():
-        raise UsageError(f"--scores and --alerts are the same file {args.scores!r}; give them different paths")
-    if args.dead_letter and Path(args.dead_letter).resolve() in (Path(args.scores).resolve(), Path(args.alerts).resolve()):
-        raise UsageError(f"--dead-letter {args.dead_letter!r} is also --scores or --alerts; give it its own path")
+    check_output_paths(args)
     bundle = load_bundle(args.model)
     invalid_lines = InvalidLines()
     series_list = _load_model_data(args.data, bundle.channels, invalid_lines)
@@ -353,7 +350,7 @@ def check_finite_options(args) -> None:
             raise UsageError(f"--{dest.replace('_', '-')} {value!r} is invalid; use a finite number")
 
 
-# Output files of ``run`` that must each have a path of their own, in the order of the messages.
+# Output files of ``run`` and ``replay`` that must each have a path of their own, in the order of the messages.
 OUTPUT_FILE_OPTIONS = ("alerts", "scores", "dead_letter", "outbox")
 
 
