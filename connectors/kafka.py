@@ -215,14 +215,37 @@ class KafkaSourceConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ValueError(f"{name}={value!r} is invalid; use a positive integer")
-        if self.heartbeat_interval_ms >= self.session_timeout_ms:
+        # kafka-python's documentation of heartbeat_interval_ms: "should be set no higher than 1/3
+        # of that value" (session_timeout_ms).
+        if 3 * self.heartbeat_interval_ms > self.session_timeout_ms:
             raise ValueError(
-                f"heartbeat_interval_ms={self.heartbeat_interval_ms} must be less than "
-                f"session_timeout_ms={self.session_timeout_ms}; use at most a third of it"
+                f"heartbeat_interval_ms={self.heartbeat_interval_ms} is more than a third of "
+                f"session_timeout_ms={self.session_timeout_ms}; use at most {self.session_timeout_ms // 3}"
             )
         # kafka-python requires fetch_max_wait_ms (500 by default) < request_timeout_ms.
         if self.request_timeout_ms <= 500:
-            raise ValueError(f"request_timeout_ms={self.request_timeout_ms} is invalid; use more than 500")
+            raise ValueError(f"request_timeout_ms={self.request_timeout_ms} is invalid; use more than 500 ms")
+        _check_bootstrap_servers(self.bootstrap_servers)
+
+
+def _check_bootstrap_servers(value) -> None:
+    """Raise ValueError unless ``value`` is HOST:PORT[,HOST:PORT...] (a string or a list), with ports in 1-65535.
+
+    kafka-python would take a bare host as port 9092 and then wait the full request timeout when
+    the name does not resolve, so a missing port is rejected here at once.
+    """
+    items = value.split(",") if isinstance(value, str) else list(value)
+    fix = "use HOST:PORT, or several separated by commas, e.g. kafka1:9092,kafka2:9092"
+    if not items:
+        raise ValueError(f"bootstrap_servers={value!r} is empty; {fix}")
+    for item in items:
+        text = item.strip() if isinstance(item, str) else ""
+        host, separator, port = text.rpartition(":")
+        if host.startswith("[") and host.endswith("]"):
+            host = host[1:-1]  # an IPv6 address, e.g. [::1]:9092
+        valid_port = port.isascii() and port.isdigit() and 1 <= int(port) <= 65535
+        if not separator or not host or not valid_port or any(character.isspace() for character in host):
+            raise ValueError(f"bootstrap server {item!r} in {value!r} is invalid; {fix}")
 
 
 @dataclass(frozen=True, eq=False)

@@ -121,6 +121,12 @@ class Outbox:
             self._connection.execute("PRAGMA synchronous=FULL")
             self._connection.executescript(_SCHEMA)
         except sqlite3.Error as error:
+            if isinstance(error, sqlite3.DatabaseError) and not isinstance(error, sqlite3.OperationalError):
+                # A corrupt file or one that is not SQLite, as opposed to a missing directory or a lock.
+                raise OutboxError(
+                    f"outbox {str(self.path)!r} cannot be opened: {error}; move the file aside and restart, which starts "
+                    "an empty outbox (the events pending in the old file are lost unless recovered with sqlite3)"
+                ) from error
             raise OutboxError(f"outbox {str(self.path)!r} cannot be opened: {error}") from error
 
     def close(self) -> None:

@@ -19,8 +19,10 @@ import hashlib
 import http.client
 import json
 import logging
+import math
 import os
 import random
+import re
 import ssl
 import threading
 import time
@@ -38,6 +40,10 @@ logger = logging.getLogger(__name__)
 
 FORMATS = ("generic", "alertmanager")
 IDEMPOTENCY_HEADER = "Idempotency-Key"
+# A header field name is an RFC 9110 token (section 5.1), and a field value has no control
+# characters other than horizontal tab (section 5.5), so no CR or LF can split the request.
+_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_HEADER_VALUE_FORBIDDEN = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 # Bytes of a response body kept for the error message of a failed attempt.
 _ERROR_BODY_BYTES = 200
 
@@ -68,6 +74,22 @@ def read_secret(env: str | None = None, file: str | None = None, label: str = "w
             raise ValueError(f"{label}: signing secret file {file!r} is empty; write the secret into it")
         return secret
     return None
+
+
+def check_headers(headers: dict, label: str) -> None:
+    """Raise ValueError on a header name that is not an HTTP token or a value with a control character."""
+    if not isinstance(headers, dict):
+        raise ValueError(f"{label}: headers={headers!r} is invalid; use a table of header names to strings")
+    for name, value in headers.items():
+        if not isinstance(name, str) or not _HEADER_NAME.fullmatch(name):
+            raise ValueError(
+                f"{label}: header name {name!r} is invalid; use an HTTP token: letters, digits and !#$%&'*+-.^_`|~, "
+                "without spaces, e.g. X-Team"
+            )
+        if not isinstance(value, str) or _HEADER_VALUE_FORBIDDEN.search(value):
+            raise ValueError(
+                f"{label}: value of header {name!r} is invalid ({value!r}); use a string without CR, LF or other control characters"
+            )
 
 
 @dataclass
@@ -110,12 +132,12 @@ class WebhookEndpoint:
             raise ValueError(f"{label}: format {self.format!r} is unknown; use one of {', '.join(FORMATS)}")
 
         for name in ("connect_timeout_s", "read_timeout_s", "max_age_s", "backoff_base_s", "backoff_max_s"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{label}: {name}={getattr(self, name)!r} is invalid; use a positive number of seconds")
+            if not (getattr(self, name) > 0 and math.isfinite(getattr(self, name))):
+                raise ValueError(f"{label}: {name}={getattr(self, name)!r} is invalid; use a finite positive number of seconds")
         if self.backoff_max_s < self.backoff_base_s:
             raise ValueError(f"{label}: backoff_max_s={self.backoff_max_s} is below backoff_base_s={self.backoff_base_s}; raise it")
-        if self.group_wait_s < 0:
-            raise ValueError(f"{label}: group_wait_s={self.group_wait_s!r} is invalid; use seconds >= 0")
+        if not (self.group_wait_s >= 0 and math.isfinite(self.group_wait_s)):
+            raise ValueError(f"{label}: group_wait_s={self.group_wait_s!r} is invalid; use a finite number of seconds >= 0")
         for name in ("max_attempts", "max_group_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{label}: {name}={getattr(self, name)!r} is invalid; use an integer >= 1")
@@ -129,6 +151,7 @@ class WebhookEndpoint:
         if not self.group_separator:
             raise ValueError(f"{label}: group_separator is empty; use a character such as '-'")
 
+        check_headers(self.headers, label)
         if self.secret is not None and not self.secret:
             raise ValueError(f"{label}: the signing secret is empty; set a non-empty secret")
         if self.key_file and not self.cert_file:
@@ -407,7 +430,18 @@ class EndpointSender(threading.Thread):
             return
 
         self.limiter.record(len(batch))
-        result = post(endpoint, body, headers)
+        try:
+            result = post(endpoint, body, headers)
+        except Exception as error:  # noqa: BLE001 - post() returns network failures; anything else repeats on every retry
+            # E.g. http.client raises ValueError on a header that it cannot send.
+            message = f"request cannot be sent: {error!r}"
+            logger.error(
+                "webhook endpoint %s: %s; alert %s sequence %s (%d event(s)) moved to the dead letters",
+                endpoint.name, message, head.alert_id, head.sequence, len(ids),
+            )
+            self.outbox.move_to_dead(ids, message)
+            self.dead += len(ids)
+            return
         now = time.time()
         if result.delivered:
             self.outbox.mark_delivered(ids, now=now)

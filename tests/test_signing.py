@@ -121,3 +121,18 @@ def test_verify_rejects_malformed_headers(headers, message):
 def test_sign_rejects_empty_secret():
     with pytest.raises(ValueError, match="secret is empty"):
         sign(BODY, "")
+
+
+@pytest.mark.parametrize(("offset", "words"), [(-1000, "1000 s behind the receiver's clock"), (999, "999 s ahead of the receiver's clock")])
+def test_verify_names_direction_of_clock_skew(offset, words):
+    headers = sign(BODY, SECRET, timestamp=NOW + offset)
+    with pytest.raises(SignatureError, match=words):
+        verify(BODY, headers, SECRET, now=NOW)
+
+
+@pytest.mark.parametrize("text", [f" {NOW}", f"+{NOW}", f"{NOW} ", f"{NOW:_}", f"-{NOW}", "١٢٣"])
+def test_verify_rejects_timestamp_that_is_not_digits(text):
+    headers = sign(BODY, SECRET, timestamp=NOW)
+    headers[TIMESTAMP_HEADER] = text
+    with pytest.raises(SignatureError, match="expected unix seconds as digits only"):
+        verify(BODY, headers, SECRET, now=NOW)

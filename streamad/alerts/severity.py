@@ -32,6 +32,17 @@ TEMPLATE_FIELDS = (
     "alert_id", "series", "status", "severity", "score_name", "model_version", "start", "end", "timestamp",
     "score", "peak_score", "threshold", "anomaly_probability", "peak_anomaly_probability", "top_channels",
 )
+# Largest width or precision in a template's format spec. A larger one, e.g. {score:>99999999999},
+# would allocate that many characters for every event.
+MAX_FORMAT_WIDTH = 1000
+# An event with every template field, against which each template is rendered once at start.
+SAMPLE_EVENT = {
+    "alert_id": "0123456789abcdef", "series": "sample-series", "status": "firing", "severity": "warning",
+    "score_name": "likelihood", "model_version": "v1", "start": "2024-01-01T00:00:00Z", "end": None,
+    "timestamp": "2024-01-01T00:05:00Z", "score": 12.5, "peak_score": 15.0, "threshold": 10.0,
+    "anomaly_probability": 0.995, "peak_anomaly_probability": 0.999,
+    "channels": [{"channel": "c1", "share": 0.8, "nats": 10.0}],
+}
 
 
 @dataclass(frozen=True)
@@ -110,7 +121,37 @@ def validate_annotations(templates: Mapping[str, str]) -> dict[str, str]:
                     f"--annotation {name}={template!r} uses the unknown placeholder {{{field_name}}}; "
                     f"use one of {', '.join('{' + known + '}' for known in TEMPLATE_FIELDS)}"
                 )
+        _check_format_specs(name, template, formatter)
+        try:
+            render_templates({name: template}, SAMPLE_EVENT)
+        except (ValueError, TypeError, KeyError, IndexError) as error:
+            raise ValueError(
+                f"--annotation {name}={template!r} cannot be rendered for a sample event ({error}); "
+                "fix its format spec, e.g. {score:.3g}"
+            ) from None
     return dict(templates)
+
+
+def _check_format_specs(name: str, template: str, formatter: string.Formatter) -> None:
+    """Raise ValueError on a nested placeholder in a format spec or a width or precision above MAX_FORMAT_WIDTH."""
+    for _, field_name, spec, _ in formatter.parse(template):
+        if field_name is None or not spec:
+            continue
+        if "{" in spec:
+            raise ValueError(f"--annotation {name}={template!r} has a placeholder inside a format spec; use a literal spec, e.g. {{score:.3g}}")
+        sizes = [int(digits) for digits in re.findall(r"\d+", spec)]
+        if sizes and max(sizes) > MAX_FORMAT_WIDTH:
+            raise ValueError(
+                f"--annotation {name}={template!r} has the width or precision {max(sizes)}; use at most {MAX_FORMAT_WIDTH}"
+            )
+
+
+def render_templates(templates: Mapping[str, str], event: Mapping[str, Any]) -> dict[str, str]:
+    """Format annotation templates with the event's fields; a missing field is an empty string."""
+    values = {name: event.get(name) for name in TEMPLATE_FIELDS}
+    values["top_channels"] = format_channels(event.get("channels") or [])
+    values = {name: ("" if value is None else value) for name, value in values.items()}
+    return {name: template.format_map(values) for name, template in templates.items()}
 
 
 def format_channels(channels: list[dict]) -> str:
@@ -187,10 +228,7 @@ class AlertContent:
 
     def render(self, event: Mapping[str, Any]) -> dict[str, str]:
         """Format the configured annotation templates with the event's fields."""
-        values = {name: event.get(name) for name in TEMPLATE_FIELDS}
-        values["top_channels"] = format_channels(event.get("channels") or [])
-        values = {name: ("" if value is None else value) for name, value in values.items()}
-        return {name: template.format_map(values) for name, template in self.annotations.items()}
+        return render_templates(self.annotations, event)
 
 
 def builtin_annotations(event: Mapping[str, Any]) -> dict[str, str]:

@@ -113,10 +113,10 @@ def verify(
     signature_text = _header(headers, SIGNATURE_HEADER)
     if timestamp_text is None or signature_text is None:
         raise SignatureError(f"request is not signed: missing {TIMESTAMP_HEADER} or {SIGNATURE_HEADER} header")
-    try:
-        timestamp = int(timestamp_text.strip())
-    except ValueError:
-        raise SignatureError(f"{TIMESTAMP_HEADER} {timestamp_text!r} is invalid; expected unix seconds") from None
+    # Digits only: int() would also accept surrounding spaces, a sign and underscores.
+    if not (timestamp_text.isascii() and timestamp_text.isdigit()):
+        raise SignatureError(f"{TIMESTAMP_HEADER} {timestamp_text!r} is invalid; expected unix seconds as digits only")
+    timestamp = int(timestamp_text)
     scheme, _, digest = signature_text.strip().partition("=")
     if scheme != SCHEME or not digest:
         raise SignatureError(f"{SIGNATURE_HEADER} is malformed; expected '{SCHEME}=<hex digest>'")
@@ -124,7 +124,8 @@ def verify(
     now = time.time() if now is None else now
     if abs(now - timestamp) > tolerance_s:
         raise SignatureError(
-            f"{TIMESTAMP_HEADER} {timestamp} is {now - timestamp:+.0f} s from the receiver's clock, outside the "
+            f"{TIMESTAMP_HEADER} {timestamp} is {abs(timestamp - now):.0f} s "
+            f"{'behind' if timestamp < now else 'ahead of'} the receiver's clock, outside the "
             f"tolerance of {tolerance_s:g} s; the request is stale or a clock is wrong"
         )
     expected = signature(body, timestamp, secret)

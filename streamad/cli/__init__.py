@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from kafka.errors import KafkaError
@@ -98,7 +99,7 @@ def _add_run(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--max-poll-records", type=int, default=500, help="records per poll (default 500)")
     parser.add_argument("--max-poll-interval-ms", type=int, default=300_000, help="maximum ms between polls before the consumer leaves the group; one batch must be scored within it (default 300000)")
     parser.add_argument("--session-timeout-ms", type=int, default=10_000, help="ms without heartbeat after which the broker drops the consumer from the group (default 10000)")
-    parser.add_argument("--heartbeat-interval-ms", type=int, default=3_000, help="ms between consumer heartbeats, at most a third of the session timeout (default 3000)")
+    parser.add_argument("--heartbeat-interval-ms", type=int, default=3_000, help="ms between consumer heartbeats; at most a third of --session-timeout-ms (default 3000)")
     parser.add_argument("--scores", help="JSON lines file for every scored window (appended, fsynced before each commit)")
     parser.add_argument("--checkpoint-dir", help="directory for the per-partition state checkpoints; without it a restart loses the open windows and incidents")
     parser.add_argument("--checkpoint-every-records", type=int, default=1000, help="checkpoint and commit after this many records (default 1000)")
@@ -255,6 +256,8 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger("kafka").setLevel(max(logging.WARNING, logging.getLevelName(args.log_level)))
     try:
         return int(args.handler(args) or 0)
+    except BrokenPipeError:
+        return _exit_on_broken_pipe()
     except (ValueError, OSError) as error:
         # Invalid options and missing or malformed files and bundles: one line for the user,
         # the traceback only at DEBUG level.
@@ -269,6 +272,21 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(__name__).debug("command failed", exc_info=True)
         print(f"streamad {args.command}: error: {error}", file=sys.stderr)
         return 1
+
+
+
+def _exit_on_broken_pipe() -> int:
+    """Exit quietly when the reader of stdout went away, e.g. ``streamad alerts list | head``.
+
+    Standard output is pointed at /dev/null first, so that the interpreter's final flush
+    does not raise BrokenPipeError again (see the Python docs on SIGPIPE, module signal).
+    """
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass  # stdout is not a file descriptor, e.g. under pytest's capture
+    return 1
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import signal
 import threading
 from pathlib import Path
@@ -192,10 +193,7 @@ def replay(args) -> int:
     """Replay ``--data`` through the engine; write the scores CSV and the alerts file."""
     from connectors.files import FileReplaySource, JsonLinesSink, ScoresCsvWriter
 
-    if Path(args.scores).resolve() == Path(args.alerts).resolve():
-        raise UsageError(f"--scores and --alerts are the same file {args.scores!r}; give them different paths")
-    if args.dead_letter and Path(args.dead_letter).resolve() in (Path(args.scores).resolve(), Path(args.alerts).resolve()):
-        raise UsageError(f"--dead-letter {args.dead_letter!r} is also --scores or --alerts; give it its own path")
+    check_output_paths(args)
     bundle = load_bundle(args.model)
     invalid_lines = InvalidLines()
     series_list = _load_model_data(args.data, bundle.channels, invalid_lines)
@@ -337,6 +335,9 @@ def check_run_options(args) -> None:
 
     It connects to nothing, so ``streamad config check`` uses it too.
     """
+    check_finite_options(args)
+    check_output_paths(args)
+    _alert_options(args)
     check_max_in_flight(args.max_in_flight)
     _check_metrics_options(args)
     if args.reload_interval_s < 0:
@@ -347,6 +348,37 @@ def check_run_options(args) -> None:
         for flag, value in (("--alertmanager-resend-s", args.alertmanager_resend_s), ("--alertmanager-timeout-s", args.alertmanager_timeout_s)):
             if not value > 0:
                 raise UsageError(f"{flag} {value!r} is invalid; use a positive number of seconds")
+
+
+def check_finite_options(args) -> None:
+    """Raise UsageError on an option that is an infinite or NaN number, e.g. ``--webhook-timeout inf``.
+
+    argparse's ``float`` accepts ``inf`` and ``nan``, and every float option of ``run`` is a
+    number of seconds, a probability or a level, for which neither makes sense.
+    """
+    for dest, value in sorted(vars(args).items()):
+        if isinstance(value, float) and not math.isfinite(value):
+            raise UsageError(f"--{dest.replace('_', '-')} {value!r} is invalid; use a finite number")
+
+
+# Output files of ``run`` and ``replay`` that must each have a path of their own, in the order of the messages.
+OUTPUT_FILE_OPTIONS = ("alerts", "scores", "dead_letter", "outbox")
+
+
+def check_output_paths(args) -> None:
+    """Raise UsageError when two of --alerts, --scores, --dead-letter and --outbox resolve to the same file."""
+    seen: dict[Path, str] = {}
+    for dest in OUTPUT_FILE_OPTIONS:
+        path = getattr(args, dest, None)
+        if not path:
+            continue
+        resolved = Path(path).resolve()
+        if resolved in seen:
+            raise UsageError(
+                f"--{seen[resolved].replace('_', '-')} and --{dest.replace('_', '-')} are the same file {str(path)!r}; "
+                "give them different paths"
+            )
+        seen[resolved] = dest
 
 
 def _build_reloader(args, engine, metrics):
@@ -371,9 +403,12 @@ def check_max_in_flight(value) -> None:
 
 def run(args) -> int:
     """Run the Kafka consumer daemon until SIGINT or SIGTERM."""
-    from streamad.cli.daemon import build_checkpointer, build_daemon, close_checkpointer
+    from streamad.cli.daemon import build_checkpointer, build_daemon, check_checkpoint_options, close_checkpointer, source_config
 
     check_run_options(args)
+    # Both raise on an invalid Kafka option before anything connects.
+    check_checkpoint_options(args)
+    source_config(args)
     bundle = load_bundle(args.model)
     engine = StreamEngine(bundle, _engine_config(args, has_clock=True))
     # Created first, so that SIGTERM also ends the Kafka retries during a broker outage.

@@ -6,7 +6,8 @@ with ``_`` or ``-`` between words, e.g. ``bootstrap_servers = "kafka:9092"`` and
 ``STREAMAD_RUN_GROUP_ID``, overrides the file, and an option on the command line overrides
 both, except ``--topic`` and ``--webhook``, whose command-line values are added to the list
 from the file or the environment. In the environment a list is comma-separated and a flag is
-``true`` or ``false``.
+``true``, ``yes``, ``on`` or ``1`` to set it, and ``false``, ``no``, ``off`` or ``0`` to clear
+it, in any case.
 
 Webhook endpoints with their own settings are tables ``[webhooks.<name>]`` beside ``[run]``,
 e.g. ``url = "https://alerts.example/hook"`` and ``format = "alertmanager"``; the keys are
@@ -17,6 +18,7 @@ listed in ``ENDPOINT_KEYS``. A key that a table leaves out takes the value of th
 from __future__ import annotations
 
 import argparse
+import math
 import os
 from pathlib import Path
 from typing import Any, Mapping
@@ -45,6 +47,10 @@ def read_toml(path: str | Path) -> dict:
             return tomllib.load(handle)
     except FileNotFoundError:
         raise ConfigError(f"config file {str(path)!r} not found; pass an existing TOML file") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config file {str(path)!r} is a directory; pass a TOML file, e.g. {str(path / 'streamad.toml')!r}") from None
+    except OSError as error:
+        raise ConfigError(f"config file {str(path)!r} cannot be read: {error.strerror}; check its permissions") from None
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"config file {str(path)!r} is not valid TOML: {error}") from None
 
@@ -77,6 +83,7 @@ def load_run_config(path: str | Path | None, run_parser: argparse.ArgumentParser
         table = document.get(TABLE, {})
         if not isinstance(table, dict):
             raise ConfigError(f"config file {str(path)!r}: {TABLE!r} must be a table, e.g. [{TABLE}]")
+        spellings: dict[str, str] = {}
         for key, value in table.items():
             dest = key.replace("-", "_")
             action = options.get(dest)
@@ -84,6 +91,11 @@ def load_run_config(path: str | Path | None, run_parser: argparse.ArgumentParser
                 raise ConfigError(
                     f"config file {str(path)!r}: unknown option {key!r} in [{TABLE}]; use one of {', '.join(sorted(options))}"
                 )
+            if dest in spellings:
+                raise ConfigError(
+                    f"config file {str(path)!r}: [{TABLE}] sets {dest} twice, as {spellings[dest]!r} and {key!r}; keep one of them"
+                )
+            spellings[dest] = key
             values[dest] = _check_value(action, value, f"config file {str(path)!r}: {key}")
 
     environ = os.environ if environ is None else environ
@@ -126,6 +138,8 @@ def _check_value(action: argparse.Action, value: Any, label: str) -> Any:
     if action.type is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{label} = {value!r} is invalid; use a number")
+        if not math.isfinite(value):
+            raise ConfigError(f"{label} = {value!r} is invalid; use a finite number")
         return float(value)
     if not isinstance(value, str):
         raise ConfigError(f"{label} = {value!r} is invalid; use a string")
@@ -140,15 +154,18 @@ def _parse_text(action: argparse.Action, text: str, label: str) -> Any:
             return True
         if text.strip().lower() in _FALSE:
             return False
-        raise ConfigError(f"{label}={text!r} is invalid; use true or false")
+        raise ConfigError(f"{label}={text!r} is invalid; use true or false ({', '.join(_TRUE + _FALSE)} are accepted)")
     if isinstance(action, argparse._AppendAction):
         return _check_value(action, [item.strip() for item in text.split(",") if item.strip()], label)
     if action.type in (int, float):
         try:
-            return action.type(text)
+            number = action.type(text)
         except ValueError:
             kind = "an integer" if action.type is int else "a number"
             raise ConfigError(f"{label}={text!r} is invalid; use {kind}") from None
+        if not math.isfinite(number):
+            raise ConfigError(f"{label}={text!r} is invalid; use a finite number")
+        return number
     return _check_value(action, text, label)
 
 
@@ -156,7 +173,7 @@ def check(args) -> int:
     """Check a ``streamad run`` config: the file, the environment overrides, the options and the model bundle."""
     from streamad.bundle import load_bundle
     from streamad.cli import build_parser
-    from streamad.cli.commands import _engine_config, check_run_options
+    from streamad.cli.commands import _engine_config, check_finite_options, check_output_paths, check_run_options
     from streamad.cli.daemon import check_checkpoint_options, source_config
     from streamad.engine import StreamEngine
 
@@ -173,6 +190,8 @@ def check(args) -> int:
         )
     run_args = run_parser.parse_args([])
     run_args.config = args.config
+    check_finite_options(run_args)
+    check_output_paths(run_args)
     endpoints = check_webhooks(run_args)
     if not (run_args.alerts_topic or run_args.alerts or endpoints or run_args.stdout or run_args.alertmanager):
         raise ConfigError(
@@ -241,6 +260,8 @@ def read_webhook_tables(path: str | Path | None) -> dict[str, dict]:
                 raise ConfigError(f"{label}: {key} = {value!r} is invalid; use {kind}")
             if normalised == "headers" and not all(isinstance(item, str) for item in value.values()):
                 raise ConfigError(f"{label}: headers must map header names to strings")
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"{label}: {key} = {value!r} is invalid; use a finite number")
             values[normalised] = value
         if "url" not in values:
             raise ConfigError(f"{label} has no url; add url = \"https://...\"")

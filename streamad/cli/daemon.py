@@ -21,7 +21,7 @@ def check_checkpoint_options(args) -> None:
         raise UsageError(f"--retry-backoff-max-s {args.retry_backoff_max_s} is invalid; use seconds > 0")
     # kafka-python requires a request timeout above the fetch wait of 500 ms.
     if args.request_timeout_ms <= 500:
-        raise UsageError(f"--request-timeout-ms {args.request_timeout_ms} is invalid; use more than 500")
+        raise UsageError(f"--request-timeout-ms {args.request_timeout_ms} is invalid; use more than 500 ms, e.g. 30000")
     if args.checkpoint_topic is not None:
         from connectors.kafka_checkpoints import check_topic_name
 
