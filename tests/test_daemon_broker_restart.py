@@ -18,13 +18,8 @@ import time
 import pytest
 from conftest import require_tansu
 
-from shared_data import MACHINE_TEMPERATURE, require
-from streamad.bundle import save_bundle
-from streamad.data import load_series
 from streamad.records import Record
-from streamad.training import TrainConfig, train_bundle
 
-TRAIN_ROWS = 3400
 WINDOW = 32
 # Rows produced before the outage. The daemon scores them with the likelihood score, 20
 # records per batch, so it is still busy when the broker is killed after KILL_AFTER windows.
@@ -208,17 +203,9 @@ def _wait_for(condition, timeout_s, description, log_path=None):
 
 
 @pytest.fixture(scope="module")
-def machine_temperature():
-    return load_series(require(MACHINE_TEMPERATURE), out_of_order="drop")
-
-
-@pytest.fixture(scope="module")
-def bundle_dir(machine_temperature, tmp_path_factory):
-    config = TrainConfig(window=WINDOW, latent=4, hidden=32, epochs=15, patience=5, seed=0)
-    bundle = train_bundle([machine_temperature.slice(0, TRAIN_ROWS)], config, progress=False)
-    directory = tmp_path_factory.mktemp("model")
-    save_bundle(bundle, directory)
-    return directory
+def bundle_dir(machine_model_dir):
+    """The session's window-32 model, trained on rows 0 to 3400 (see tests/conftest.py)."""
+    return machine_model_dir
 
 
 def _records(series, rows):

@@ -5,6 +5,7 @@ with a few bad records and an injected spike, and reads its state over HTTP as P
 would.
 """
 
+import copy
 import json
 import os
 import re
@@ -23,9 +24,7 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from shared_data import MACHINE_TEMPERATURE, require
 from streamad.bundle import save_bundle
-from streamad.data import load_series
 from streamad.engine.incidents import alert_id_for
 from streamad.records import Record
 from streamad.training import TrainConfig, train_bundle
@@ -49,11 +48,6 @@ CONSUMER_OPTIONS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def machine_temperature():
-    return load_series(require(MACHINE_TEMPERATURE), out_of_order="drop")
-
-
 def _train(machine_temperature, seed):
     # Short training runs: the tests check the plumbing, not the model's quality.
     config = TrainConfig(window=32, latent=2, hidden=16, epochs=3, patience=3, seed=seed)
@@ -61,8 +55,10 @@ def _train(machine_temperature, seed):
 
 
 @pytest.fixture(scope="module")
-def bundles(machine_temperature):
-    return _train(machine_temperature, seed=0), _train(machine_temperature, seed=1)
+def bundles(machine_temperature, small_machine_bundle):
+    # The session's model is _train(machine_temperature, seed=0). The test saves its copy, which
+    # changes the bundle's version and path, so the shared object stays unchanged.
+    return copy.deepcopy(small_machine_bundle), _train(machine_temperature, seed=1)
 
 
 @pytest.fixture(scope="module")

@@ -18,19 +18,15 @@ import uuid
 import numpy as np
 import pytest
 
-from shared_data import MACHINE_TEMPERATURE, require
-from streamad.bundle import load_bundle, save_bundle
-from streamad.data import load_series
+from streamad.bundle import load_bundle
 from streamad.engine import EngineConfig, StreamEngine
 from streamad.engine.checkpoint import CheckpointStore, decode_checkpoint
 from streamad.engine.engine import EngineState
 from streamad.records import Record, encode_record
 from streamad.replay import replay_series
-from streamad.training import TrainConfig, train_bundle
 
 pytestmark = pytest.mark.kafka
 
-TRAIN_ROWS = 3400
 # One slice per partition, after the training rows; the first contains NAB's labelled
 # anomaly window of 15 to 17 December 2013.
 SLICE_ROWS = 2000
@@ -205,17 +201,9 @@ def test_store_rejects_invalid_topic(kafka_bootstrap):
 
 
 @pytest.fixture(scope="module")
-def machine_temperature():
-    return load_series(require(MACHINE_TEMPERATURE), out_of_order="drop")
-
-
-@pytest.fixture(scope="module")
-def bundle_dir(machine_temperature, tmp_path_factory):
-    config = TrainConfig(window=WINDOW, latent=4, hidden=32, epochs=15, patience=5, seed=0)
-    bundle = train_bundle([machine_temperature.slice(0, TRAIN_ROWS)], config, progress=False)
-    directory = tmp_path_factory.mktemp("model")
-    save_bundle(bundle, directory)
-    return directory
+def bundle_dir(machine_model_dir):
+    """The session's window-32 model, trained on rows 0 to 3400 (see tests/conftest.py)."""
+    return machine_model_dir
 
 
 @pytest.fixture(scope="module")
