@@ -8,16 +8,14 @@ incident events are the same.
 
 import json
 import logging
-import os
 import signal
-import subprocess
-import sys
 import time
 import uuid
 
 import numpy as np
 import pytest
 
+from daemon_support import EventCollector, committed_offsets, event_set, kill_daemon, start_streamad_run, wait_for
 from streamad.bundle import load_bundle
 from streamad.engine import EngineConfig, StreamEngine
 from streamad.engine.checkpoint import CheckpointStore, decode_checkpoint
@@ -216,26 +214,14 @@ def streams(machine_temperature):
     return series
 
 
-def _event_set(events):
-    return {(event["alert_id"], event["sequence"], event["status"]) for event in events}
-
-
 @pytest.fixture(scope="module")
 def clean_run(bundle_dir, streams):
     """Scored windows and incident events of one uninterrupted in-process run."""
-    events = []
-
-    class Collect:
-        def send(self, items):
-            events.extend(items)
-
-        def flush(self):
-            pass
-
+    events = EventCollector()
     points = []
     engine = StreamEngine(load_bundle(bundle_dir), EngineConfig(score=SCORE, per_series_threshold=True))
-    replay_series(engine, streams, alert_sinks=[Collect()], on_points=points.extend)
-    return {(point.series, point.timestamp) for point in points}, _event_set(events)
+    replay_series(engine, streams, alert_sinks=[events], on_points=points.extend)
+    return {(point.series, point.timestamp) for point in points}, event_set(events.items)
 
 
 def _produce(bootstrap, topic, streams):
@@ -253,13 +239,7 @@ def _produce(bootstrap, topic, streams):
 
 
 def _committed(bootstrap, group_id, topic):
-    from kafka import KafkaConsumer, TopicPartition
-
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group_id, enable_auto_commit=False)
-    try:
-        return [consumer.committed(TopicPartition(topic, partition)) for partition in range(PARTITIONS)]
-    finally:
-        consumer.close()
+    return committed_offsets(bootstrap, group_id, topic, PARTITIONS)
 
 
 def _read_lines(path, position):
@@ -288,24 +268,14 @@ def test_daemon_restarts_from_checkpoint_topic(kafka_bootstrap, new_topic, group
     log_path = tmp_path / "daemon.log"
     scores_path = tmp_path / "scores.jsonl"
     alerts_path = tmp_path / "alerts.jsonl"
-    command = [
-        sys.executable, "-m", "streamad", "--log-level", "INFO", "run",
+    arguments = [
         "--model", str(bundle_dir), "--bootstrap-servers", kafka_bootstrap, "--topic", topic, "--group-id", group_id,
         "--alerts", str(alerts_path), "--scores", str(scores_path), "--checkpoint-topic", checkpoint_topic,
         *DAEMON_OPTIONS,
     ]
 
     def start():
-        log = open(log_path, "a")
-        return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-
-    def wait_for(condition, timeout_s, description):
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if condition():
-                return
-            time.sleep(0.1)
-        pytest.fail(f"timed out after {timeout_s} s waiting for {description}; daemon log:\n{log_path.read_text()[-4000:]}")
+        return start_streamad_run(arguments, log_path)
 
     windows = set()
     position = 0
@@ -321,13 +291,11 @@ def test_daemon_restarts_from_checkpoint_topic(kafka_bootstrap, new_topic, group
                 assert daemon.poll() is None, f"daemon exited with {daemon.returncode}:\n{log_path.read_text()[-4000:]}"
                 return len(scored_by_run) >= kill_after
 
-            wait_for(reached, 90, f"{kill_after} windows scored by one run")
+            wait_for(reached, 90, f"{kill_after} windows scored by one run", [log_path])
             daemon.send_signal(signal.SIGKILL)
             daemon.wait(timeout=10)
         finally:
-            if daemon.poll() is None:
-                daemon.kill()
-                daemon.wait(timeout=10)
+            kill_daemon(daemon)
         windows |= {(point["series"], point["timestamp"]) for point in scored_by_run}
     assert len(windows) < len(expected_windows), "the killed runs finished the stream"
 
@@ -335,14 +303,12 @@ def test_daemon_restarts_from_checkpoint_topic(kafka_bootstrap, new_topic, group
     try:
         wait_for(
             lambda: _committed(kafka_bootstrap, group_id, topic) == [SLICE_ROWS] * PARTITIONS,
-            120, "the commit of every record",
+            120, "the commit of every record", [log_path],
         )
         daemon.send_signal(signal.SIGTERM)
         assert daemon.wait(timeout=30) == 0, log_path.read_text()[-4000:]
     finally:
-        if daemon.poll() is None:
-            daemon.kill()
-            daemon.wait(timeout=10)
+        kill_daemon(daemon)
 
     items, position = _read_lines(scores_path, position)
     windows |= {(point["series"], point["timestamp"]) for point in items}
@@ -352,4 +318,4 @@ def test_daemon_restarts_from_checkpoint_topic(kafka_bootstrap, new_topic, group
     assert "no --checkpoint-dir" not in log
     assert not list(tmp_path.glob("**/*.npz"))
     assert windows == expected_windows
-    assert _event_set(events) == expected_events
+    assert event_set(events) == expected_events
