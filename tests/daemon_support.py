@@ -1,15 +1,23 @@
-"""Helpers of the daemon tests: start `streamad run` as a subprocess, wait for a condition, read
-committed offsets and collect the incident events of an in-process run."""
+"""Helpers of the daemon and alert tests: start `streamad run` as a subprocess, wait for a condition,
+read committed offsets, collect the incident events of an in-process run, and serve HTTP on
+127.0.0.1 with servers that record the alerts they get and can fail on purpose."""
 
 from __future__ import annotations
 
+import json
 import os
+import socket
 import subprocess
 import sys
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+
+# Default time in seconds that FakeAlertmanager.wait_for waits for a condition.
+ALERTMANAGER_WAIT_S = 20.0
 
 
 def start_streamad_run(arguments, log_path: Path, mode: str = "a") -> subprocess.Popen:
@@ -76,3 +84,121 @@ class EventCollector:
 def event_set(events) -> set[tuple]:
     """Return the (alert_id, sequence, status) key of each incident event, so duplicates collapse."""
     return {(event["alert_id"], event["sequence"], event["status"]) for event in events}
+
+
+def serve_http(handler_class, port: int = 0, ssl_context=None) -> ThreadingHTTPServer:
+    """Start a threading HTTP(S) server on 127.0.0.1 (port 0 picks a free one) in a daemon thread."""
+    server = ThreadingHTTPServer(("127.0.0.1", port), handler_class)
+    if ssl_context is not None:
+        server.socket = ssl_context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def stop_http(server: ThreadingHTTPServer) -> None:
+    """Stop ``server``'s loop and close its socket."""
+    server.shutdown()
+    server.server_close()
+
+
+def free_port():
+    """Return a loopback TCP port that was free a moment ago, for a server that a subprocess starts."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class Receiver:
+    """An HTTP server that records every POST and responds with the statuses of ``statuses``, then 204.
+
+    ``statuses`` items are an int status or a (status, headers) pair. The first ``delay_first``
+    requests are recorded and then get their response after ``delay`` seconds, later than a short
+    client read timeout.
+    """
+
+    def __init__(self, port=0, statuses=(), delay_first=0, delay=0.0, ssl_context=None):
+        self.requests = []
+        self.accepted = []
+        self.statuses = list(statuses)
+        self.delay_first = delay_first
+        self.delay = delay
+        self.lock = threading.Lock()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                with receiver.lock:
+                    receiver.requests.append((time.monotonic(), dict(self.headers), body))
+                    index = len(receiver.requests)
+                    answer = receiver.statuses.pop(0) if receiver.statuses else 204
+                if index <= receiver.delay_first:
+                    time.sleep(receiver.delay)
+                status, headers = answer if isinstance(answer, tuple) else (answer, {})
+                if 200 <= status < 300:
+                    with receiver.lock:
+                        receiver.accepted.append((dict(self.headers), body))
+                self.send_response(status)
+                for name, value in headers.items():
+                    self.send_header(name, value)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = serve_http(Handler, port, ssl_context)
+        scheme = "https" if ssl_context is not None else "http"
+        self.url = f"{scheme}://127.0.0.1:{self.server.server_address[1]}/alerts"
+
+    def keys(self):
+        """Return the Idempotency-Key of each accepted request, in arrival order."""
+        with self.lock:
+            return [headers["Idempotency-Key"] for headers, _ in self.accepted]
+
+    def close(self):
+        stop_http(self.server)
+
+
+class FakeAlertmanager:
+    """Record every POST to /api/v2/alerts; respond to the next ``fail_next`` requests with HTTP 503."""
+
+    def __init__(self):
+        self.posts = []
+        self.failures = 0
+        self.fail_next = 0
+        self.condition = threading.Condition()
+        recorder = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                with recorder.condition:
+                    failing = recorder.fail_next > 0
+                    if failing:
+                        recorder.fail_next -= 1
+                        recorder.failures += 1
+                    else:
+                        recorder.posts.append((self.path, json.loads(body), time.monotonic()))
+                    recorder.condition.notify_all()
+                self.send_response(503 if failing else 200)
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = serve_http(Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def wait_for(self, predicate, timeout=ALERTMANAGER_WAIT_S):
+        deadline = time.monotonic() + timeout
+        with self.condition:
+            while not predicate():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self.condition.wait(left)
+        return True
+
+    def close(self):
+        stop_http(self.server)

@@ -10,7 +10,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -18,12 +17,13 @@ import time
 import urllib.error
 import urllib.request
 from collections import Counter
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from daemon_support import free_port, serve_http, stop_http
 from streamad.bundle import save_bundle
 from streamad.engine.incidents import alert_id_for
 from streamad.records import Record
@@ -76,12 +76,6 @@ BAD_RECORDS = [
     (b'{"series": "machine", "timestamp": 1, "values": [NaN]}', "non_finite"),
     (b"[1, 2]", "not_object"),
 ]
-
-
-def _free_port():
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def _start_daemon(tmp_path, bootstrap, model, topic, group_id, port, *options, log_name="daemon.log"):
@@ -178,15 +172,13 @@ class DelayingWebhook:
             def log_message(self, *args):
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = serve_http(Handler)
         self.server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/alerts"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def close(self):
         self.release.set()
-        self.server.shutdown()
-        self.server.server_close()
+        stop_http(self.server)
 
 
 def _paused(samples):
@@ -213,7 +205,7 @@ def test_daemon_serves_metrics_and_health(kafka_bootstrap, new_topic, group_id, 
     last_offset = max(offset for _, offset in acknowledged)
 
     webhook = DelayingWebhook(records[SPIKE_ROWS.start].timestamp)
-    port = _free_port()
+    port = free_port()
     max_stall_s = 5.0
     daemon = _start_daemon(
         tmp_path, kafka_bootstrap, bundle_dir, topic, group_id, port,
@@ -307,7 +299,7 @@ def test_daemon_reloads_model_mid_stream(kafka_bootstrap, new_topic, group_id, b
     half = 500
     produce_records(kafka_bootstrap, topic, records[:half])
 
-    port = _free_port()
+    port = free_port()
     daemon = _start_daemon(tmp_path, kafka_bootstrap, versions, topic, group_id, port, "--reload-interval-s", "1")
     try:
         _wait_for(

@@ -11,13 +11,14 @@ import signal
 import pytest
 
 from connectors.outbox import Outbox
-from daemon_support import EventCollector, committed_offsets, kill_daemon, start_streamad_run, wait_for
+from daemon_support import (
+    EventCollector, Receiver, committed_offsets, free_port, kill_daemon, start_streamad_run, wait_for,
+)
 from streamad.bundle import load_bundle, save_bundle
 from streamad.engine import EngineConfig, StreamEngine
 from streamad.records import Record, encode_record
 from streamad.replay import replay_series
 from streamad.training import TrainConfig, train_bundle
-from test_webhook import Receiver, _free_port
 
 pytestmark = pytest.mark.kafka
 
@@ -109,7 +110,7 @@ def test_outbox_survives_kill_nine_while_endpoint_down(kafka_bootstrap, new_topi
     topic = new_topic(1, prefix="outbox")
     _produce(kafka_bootstrap, topic, stream)
     log = tmp_path / "daemon.log"
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}/alerts"
 
     # Run 1: the endpoint is down, so the events stay pending in the outbox.
