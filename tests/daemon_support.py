@@ -86,6 +86,32 @@ def event_set(events) -> set[tuple]:
     return {(event["alert_id"], event["sequence"], event["status"]) for event in events}
 
 
+
+def machine_slices(series, starts, rows: int) -> list:
+    """Return the ``rows``-row slices of ``series`` that begin at ``starts``, named machine-0, machine-1, ..."""
+    slices = []
+    for index, start in enumerate(starts):
+        part = series.slice(start, start + rows)
+        part.series_id = f"machine-{index}"
+        slices.append(part)
+    return slices
+
+
+def replay_windows_and_events(bundle_dir: Path, streams, config) -> tuple[set, set]:
+    """Replay ``streams`` through one uninterrupted in-process engine with EngineConfig ``config``.
+
+    Return the (series, timestamp) of every scored window and the event_set of the incident events.
+    """
+    from streamad.bundle import load_bundle
+    from streamad.engine import StreamEngine
+    from streamad.replay import replay_series
+
+    events = EventCollector()
+    points = []
+    replay_series(StreamEngine(load_bundle(bundle_dir), config), streams, alert_sinks=[events], on_points=points.extend)
+    return {(point.series, point.timestamp) for point in points}, event_set(events.items)
+
+
 def serve_http(handler_class, port: int = 0, ssl_context=None) -> ThreadingHTTPServer:
     """Start a threading HTTP(S) server on 127.0.0.1 (port 0 picks a free one) in a daemon thread."""
     server = ThreadingHTTPServer(("127.0.0.1", port), handler_class)

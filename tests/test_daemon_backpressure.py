@@ -4,8 +4,8 @@ The decision and the runner loop are tested without Kafka. The Kafka tests run `
 real broker with a real KafkaSource and a sink whose delivery thread is slow.
 """
 
-import copy
 import collections
+import copy
 import threading
 import time
 

@@ -14,12 +14,11 @@ import signal
 import pytest
 
 from daemon_support import (
-    EventCollector, committed_offsets, event_set, kill_daemon, start_streamad_run, tail_logs, wait_for,
+    committed_offsets, event_set, kill_daemon, machine_slices, replay_windows_and_events, start_streamad_run, tail_logs,
+    wait_for,
 )
-from streamad.bundle import load_bundle
-from streamad.engine import EngineConfig, StreamEngine
+from streamad.engine import EngineConfig
 from streamad.records import Record, encode_record
-from streamad.replay import replay_series
 
 pytestmark = pytest.mark.kafka
 
@@ -56,23 +55,13 @@ def bundle_dir(machine_model_dir):
 @pytest.fixture(scope="module")
 def streams(machine_temperature):
     """The series of partition 0, 1 and 2, in partition order."""
-    series = []
-    for index, start in enumerate(SLICE_STARTS):
-        part = machine_temperature.slice(start, start + SLICE_ROWS)
-        part.series_id = f"machine-{index}"
-        series.append(part)
-    return series
+    return machine_slices(machine_temperature, SLICE_STARTS, SLICE_ROWS)
 
 
 @pytest.fixture(scope="module")
 def clean_run(bundle_dir, streams):
     """Scored windows and incident events of one uninterrupted in-process run."""
-    events = EventCollector()
-    points = []
-    engine = StreamEngine(load_bundle(bundle_dir), EngineConfig(score=SCORE, per_series_threshold=True))
-    replay_series(engine, streams, alert_sinks=[events], on_points=points.extend)
-    windows = {(point.series, point.timestamp) for point in points}
-    return windows, event_set(events.items)
+    return replay_windows_and_events(bundle_dir, streams, EngineConfig(score=SCORE, per_series_threshold=True))
 
 
 def _produce(bootstrap, topic, streams, rows):

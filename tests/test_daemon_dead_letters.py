@@ -1,12 +1,13 @@
 """Bad records mixed into a good Kafka stream go to the dead letters and leave the good results unchanged."""
 
-import copy
 import base64
+import copy
 import json
 
 import numpy as np
 import pytest
 
+from daemon_support import EventCollector
 from streamad.engine import EngineConfig, StreamEngine, run_stream
 from streamad.records import Record, encode_record
 from streamad.replay import replay_series
@@ -62,20 +63,6 @@ def bundle(small_machine_bundle):
     return copy.deepcopy(small_machine_bundle)
 
 
-class Collect:
-    def __init__(self):
-        self.items = []
-
-    def send(self, items):
-        self.items.extend(items)
-
-    def flush(self):
-        pass
-
-    def close(self):
-        pass
-
-
 def test_bad_records_go_to_dead_letters(kafka_bootstrap, new_topic, group_id, make_source, bundle, machine_temperature):
     from connectors.kafka import produce_records
 
@@ -106,7 +93,7 @@ def test_bad_records_go_to_dead_letters(kafka_bootstrap, new_topic, group_id, ma
 
     source = make_source([topic], group_id, max_record_bytes=MAX_RECORD_BYTES)
     engine = StreamEngine(bundle, EngineConfig())
-    events, dead_letters, points = Collect(), Collect(), []
+    events, dead_letters, points = EventCollector(), EventCollector(), []
     consumed = []
 
     class CountingSource:
@@ -123,7 +110,7 @@ def test_bad_records_go_to_dead_letters(kafka_bootstrap, new_topic, group_id, ma
         on_points=points.extend, until=lambda: len(consumed) >= len(payloads),
     )
 
-    clean_events, clean_points = Collect(), []
+    clean_events, clean_points = EventCollector(), []
     replay_series(StreamEngine(bundle, EngineConfig()), [stream], alert_sinks=[clean_events], on_points=clean_points.extend)
 
     assert any(event["status"] == "firing" for event in clean_events.items)

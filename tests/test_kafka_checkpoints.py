@@ -15,13 +15,13 @@ import uuid
 import numpy as np
 import pytest
 
-from daemon_support import EventCollector, committed_offsets, event_set, kill_daemon, start_streamad_run, wait_for
-from streamad.bundle import load_bundle
-from streamad.engine import EngineConfig, StreamEngine
+from daemon_support import (
+    committed_offsets, event_set, kill_daemon, machine_slices, replay_windows_and_events, start_streamad_run, wait_for,
+)
+from streamad.engine import EngineConfig
 from streamad.engine.checkpoint import CheckpointStore, decode_checkpoint
 from streamad.engine.engine import EngineState
 from streamad.records import Record, encode_record
-from streamad.replay import replay_series
 
 pytestmark = pytest.mark.kafka
 
@@ -206,22 +206,13 @@ def bundle_dir(machine_model_dir):
 
 @pytest.fixture(scope="module")
 def streams(machine_temperature):
-    series = []
-    for index, start in enumerate(SLICE_STARTS):
-        part = machine_temperature.slice(start, start + SLICE_ROWS)
-        part.series_id = f"machine-{index}"
-        series.append(part)
-    return series
+    return machine_slices(machine_temperature, SLICE_STARTS, SLICE_ROWS)
 
 
 @pytest.fixture(scope="module")
 def clean_run(bundle_dir, streams):
     """Scored windows and incident events of one uninterrupted in-process run."""
-    events = EventCollector()
-    points = []
-    engine = StreamEngine(load_bundle(bundle_dir), EngineConfig(score=SCORE, per_series_threshold=True))
-    replay_series(engine, streams, alert_sinks=[events], on_points=points.extend)
-    return {(point.series, point.timestamp) for point in points}, event_set(events.items)
+    return replay_windows_and_events(bundle_dir, streams, EngineConfig(score=SCORE, per_series_threshold=True))
 
 
 def _produce(bootstrap, topic, streams):
