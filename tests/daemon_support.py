@@ -1,6 +1,9 @@
-"""Helpers of the daemon and alert tests: start `streamad run` as a subprocess, wait for a condition,
-read committed offsets, collect the incident events of an in-process run, and serve HTTP on
-127.0.0.1 with servers that record the alerts they get and can fail on purpose."""
+"""Helpers of the daemon and alert tests.
+
+They start `streamad run` as a subprocess, wait for a condition, read committed offsets and
+collect the incident events of an in-process run. The HTTP servers on 127.0.0.1 record the alerts
+they receive and can fail on purpose.
+"""
 
 from __future__ import annotations
 
@@ -55,7 +58,7 @@ def kill_daemon(daemon: subprocess.Popen) -> None:
 
 
 def committed_offsets(bootstrap: str, group_id: str, topic: str, partitions: int) -> list[int | None]:
-    """Return the committed offset of ``group_id`` for each partition of ``topic``, None where none is."""
+    """Return the committed offset of ``group_id`` per partition of ``topic``, None for a partition without one."""
     from kafka import KafkaConsumer, TopicPartition
 
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group_id, enable_auto_commit=False)
