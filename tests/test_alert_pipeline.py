@@ -19,13 +19,12 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from connectors.kafka import produce_records
+from daemon_support import FakeAlertmanager, Receiver, free_port
 from shared_data import NAB_DATA, require
 from streamad.alerts.signing import SIGNATURE_HEADER, SignatureError, verify
 from streamad.cli import main
 from streamad.data import load_series
 from streamad.records import Record
-from test_alertmanager import FakeAlertmanager
-from test_webhook import Receiver, _free_port
 
 pytestmark = pytest.mark.kafka
 
@@ -141,7 +140,7 @@ def test_pipeline_delivers_to_every_destination(
     outbox = tmp_path / "outbox.db"
     alerts_file = tmp_path / "alerts.jsonl"
     _write_config(config, outbox, signed.url, grouped.url)
-    metrics_port = _free_port()
+    metrics_port = free_port()
     command = [
         sys.executable, "-m", "streamad", "--log-level", "INFO", "run", "--config", str(config),
         "--model", str(model), "--bootstrap-servers", kafka_bootstrap, "--topic", topic, "--group-id", group_id,

@@ -1,63 +1,15 @@
 """The Alertmanager API v2 client against a real HTTP server on 127.0.0.1 that records the POSTs."""
 
 import json
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
 from connectors.alertmanager import AlertmanagerClient
+from daemon_support import FakeAlertmanager
 from streamad.alerts.severity import AlertContent
 
 WAIT_S = 20.0
-
-
-class FakeAlertmanager:
-    """Record every POST to /api/v2/alerts; respond to the next ``fail_next`` requests with HTTP 503."""
-
-    def __init__(self):
-        self.posts = []
-        self.failures = 0
-        self.fail_next = 0
-        self.condition = threading.Condition()
-        recorder = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                with recorder.condition:
-                    failing = recorder.fail_next > 0
-                    if failing:
-                        recorder.fail_next -= 1
-                        recorder.failures += 1
-                    else:
-                        recorder.posts.append((self.path, json.loads(body), time.monotonic()))
-                    recorder.condition.notify_all()
-                self.send_response(503 if failing else 200)
-                self.end_headers()
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def wait_for(self, predicate, timeout=WAIT_S):
-        deadline = time.monotonic() + timeout
-        with self.condition:
-            while not predicate():
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                self.condition.wait(left)
-        return True
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
 
 
 def _wait_until(predicate, timeout=WAIT_S):

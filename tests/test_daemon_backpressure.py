@@ -5,6 +5,7 @@ real broker with a real KafkaSource and a sink whose delivery thread is slow.
 """
 
 import collections
+import copy
 import threading
 import time
 
@@ -13,13 +14,10 @@ import pytest
 from conftest import JOIN_TIMEOUT_S
 from kafka import KafkaConsumer, TopicPartition
 
-from shared_data import MACHINE_TEMPERATURE, require
-from streamad.data import load_series
 from streamad.engine import EngineConfig, StreamEngine, run_stream
 from streamad.engine.backpressure import Backpressure, BackpressureGate, sinks_backlog
 from streamad.records import Record
 from streamad.replay import SeriesSource, replay_series
-from streamad.training import TrainConfig, train_bundle
 
 STREAM_ROWS = slice(3400, 4600)
 MAX_IN_FLIGHT = 200
@@ -243,15 +241,10 @@ def test_backpressure_without_backlog_sinks_polls_directly():
 
 
 @pytest.fixture(scope="module")
-def machine_temperature():
-    return load_series(require(MACHINE_TEMPERATURE), out_of_order="drop")
-
-
-@pytest.fixture(scope="module")
-def bundle(machine_temperature):
-    # A short training run: the tests compare runs of one model, so its quality does not matter.
-    config = TrainConfig(window=32, latent=2, hidden=16, epochs=3, patience=3, seed=0)
-    return train_bundle([machine_temperature.slice(0, STREAM_ROWS.start)], config, progress=False)
+def bundle(small_machine_bundle):
+    # The session's 3-epoch model, trained on the rows before STREAM_ROWS: the tests compare
+    # runs of one model, so its quality does not matter. The copy keeps the shared one unchanged.
+    return copy.deepcopy(small_machine_bundle)
 
 
 def test_runner_waits_for_source_without_pause(bundle, machine_temperature):

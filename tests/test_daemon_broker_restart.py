@@ -7,7 +7,6 @@ themselves and deliver what was pending, not that data survives the broker.
 
 import json
 import logging
-import os
 import signal
 import socket
 import subprocess
@@ -17,14 +16,10 @@ import time
 
 import pytest
 from conftest import require_tansu
+from daemon_support import start_streamad_run, wait_for
 
-from shared_data import MACHINE_TEMPERATURE, require
-from streamad.bundle import save_bundle
-from streamad.data import load_series
 from streamad.records import Record
-from streamad.training import TrainConfig, train_bundle
 
-TRAIN_ROWS = 3400
 WINDOW = 32
 # Rows produced before the outage. The daemon scores them with the likelihood score, 20
 # records per batch, so it is still busy when the broker is killed after KILL_AFTER windows.
@@ -146,7 +141,7 @@ def test_sink_resends_after_broker_restart(caplog):
             with caplog.at_level(logging.INFO, logger="connectors.kafka"):
                 flusher = threading.Thread(target=flush)
                 flusher.start()
-                _wait_for(lambda: _retry_lines(caplog.records), 60, "a retry line of the sink")
+                wait_for(lambda: _retry_lines(caplog.records), 60, "a retry line of the sink")
                 broker.restart()
                 create_topic(broker.bootstrap, "alerts", partitions=1)
                 flusher.join(timeout=120)
@@ -194,31 +189,13 @@ def _read_topic(bootstrap, topic):
     pytest.fail(f"topic {topic} was not read to its end within 30 s")
 
 
-def _wait_for(condition, timeout_s, description, log_path=None):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.1)
-    log = f"; daemon log:\n{log_path.read_text()[-4000:]}" if log_path is not None else ""
-    pytest.fail(f"timed out after {timeout_s} s waiting for {description}{log}")
-
-
 # The daemon
 
 
 @pytest.fixture(scope="module")
-def machine_temperature():
-    return load_series(require(MACHINE_TEMPERATURE), out_of_order="drop")
-
-
-@pytest.fixture(scope="module")
-def bundle_dir(machine_temperature, tmp_path_factory):
-    config = TrainConfig(window=WINDOW, latent=4, hidden=32, epochs=15, patience=5, seed=0)
-    bundle = train_bundle([machine_temperature.slice(0, TRAIN_ROWS)], config, progress=False)
-    directory = tmp_path_factory.mktemp("model")
-    save_bundle(bundle, directory)
-    return directory
+def bundle_dir(machine_model_dir):
+    """The session's window-32 model, trained on rows 0 to 3400 (see tests/conftest.py)."""
+    return machine_model_dir
 
 
 def _records(series, rows):
@@ -249,14 +226,12 @@ def test_daemon_survives_broker_restart(bundle_dir, machine_temperature, tmp_pat
         for topic in ("metrics", "alerts"):
             create_topic(broker.bootstrap, topic, partitions=1)
         produce_records(broker.bootstrap, "metrics", _records(machine_temperature, BEFORE_ROWS))
-        command = [
-            sys.executable, "-m", "streamad", "--log-level", "INFO", "run",
+        arguments = [
             "--model", str(bundle_dir), "--bootstrap-servers", broker.bootstrap, "--topic", "metrics",
             "--group-id", "restart", "--alerts-topic", "alerts", "--alerts", str(tmp_path / "alerts.jsonl"),
             "--scores", str(scores_path), *DAEMON_OPTIONS, *extra,
         ]
-        with open(log_path, "w") as log:
-            daemon = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        daemon = start_streamad_run(arguments, log_path, mode="w")
         try:
 
             def alive_and(condition):
@@ -266,9 +241,9 @@ def test_daemon_survives_broker_restart(bundle_dir, machine_temperature, tmp_pat
 
                 return check
 
-            _wait_for(alive_and(lambda: len(_scored_timestamps(scores_path)) >= KILL_AFTER), 120, f"{KILL_AFTER} scored windows", log_path)
+            wait_for(alive_and(lambda: len(_scored_timestamps(scores_path)) >= KILL_AFTER), 120, f"{KILL_AFTER} scored windows", [log_path])
             broker.kill()
-            _wait_for(alive_and(lambda: "failed, retry" in log_path.read_text()), 60, "a retry line of the daemon", log_path)
+            wait_for(alive_and(lambda: "failed, retry" in log_path.read_text()), 60, "a retry line of the daemon", [log_path])
             assert len(_scored_timestamps(scores_path)) < BEFORE_ROWS.stop - BEFORE_ROWS.start - WINDOW + 1, (
                 "the daemon scored every record before the broker was killed"
             )
@@ -282,20 +257,20 @@ def test_daemon_survives_broker_restart(bundle_dir, machine_temperature, tmp_pat
             # Windows that lie wholly after the restart. Earlier ones span the gap to the records
             # lost with the broker's memory, so the engine skips them.
             expected = {record.timestamp for record in after[WINDOW - 1 :]}
-            _wait_for(
+            wait_for(
                 alive_and(lambda: expected <= _scored_timestamps(scores_path)), 180,
-                "the windows of the records produced after the restart", log_path,
+                "the windows of the records produced after the restart", [log_path],
             )
             if extra:
                 # The checkpoint topic was lost with the broker's memory too, and the daemon must
                 # create it again and checkpoint the records of the new input topic. A SIGTERM
                 # during the retries of that write would end them and fail the daemon.
-                _wait_for(
+                wait_for(
                     alive_and(
                         lambda: _checkpointed_offset(broker.bootstrap, "checkpoints") >= len(after) - 1
                         and not _checkpoint_write_retrying(log_path)
                     ),
-                    120, "an acknowledged checkpoint of the records produced after the restart", log_path,
+                    120, "an acknowledged checkpoint of the records produced after the restart", [log_path],
                 )
 
             daemon.send_signal(signal.SIGTERM)
@@ -326,18 +301,16 @@ def test_daemon_stops_on_sigterm_during_outage(bundle_dir, machine_temperature, 
         create_topic(broker.bootstrap, "metrics", partitions=1)
         produce_records(broker.bootstrap, "metrics", _records(machine_temperature, BEFORE_ROWS))
         # Alerts go to a file only, so the retry that SIGTERM ends is the offset commit's.
-        command = [
-            sys.executable, "-m", "streamad", "--log-level", "INFO", "run",
+        arguments = [
             "--model", str(bundle_dir), "--bootstrap-servers", broker.bootstrap, "--topic", "metrics",
             "--group-id", "sigterm", "--alerts", str(tmp_path / "alerts.jsonl"), "--scores", str(scores_path),
             *DAEMON_OPTIONS,
         ]
-        with open(log_path, "w") as log:
-            daemon = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        daemon = start_streamad_run(arguments, log_path, mode="w")
         try:
-            _wait_for(lambda: len(_scored_timestamps(scores_path)) >= KILL_AFTER, 120, f"{KILL_AFTER} scored windows", log_path)
+            wait_for(lambda: len(_scored_timestamps(scores_path)) >= KILL_AFTER, 120, f"{KILL_AFTER} scored windows", [log_path])
             broker.kill()
-            _wait_for(lambda: "Kafka offset commit failed, retry" in log_path.read_text(), 60, "a commit retry line", log_path)
+            wait_for(lambda: "Kafka offset commit failed, retry" in log_path.read_text(), 60, "a commit retry line", [log_path])
 
             daemon.send_signal(signal.SIGTERM)
             returncode = daemon.wait(timeout=60)

@@ -8,26 +8,20 @@ once and the same incident events after deduplication.
 """
 
 import json
-import os
 import random
 import signal
-import subprocess
-import sys
-import time
 
 import pytest
 
-from shared_data import MACHINE_TEMPERATURE, require
-from streamad.bundle import load_bundle, save_bundle
-from streamad.data import load_series
-from streamad.engine import EngineConfig, StreamEngine
+from daemon_support import (
+    committed_offsets, event_set, kill_daemon, machine_slices, replay_windows_and_events, start_streamad_run, tail_logs,
+    wait_for,
+)
+from streamad.engine import EngineConfig
 from streamad.records import Record, encode_record
-from streamad.replay import replay_series
-from streamad.training import TrainConfig, train_bundle
 
 pytestmark = pytest.mark.kafka
 
-TRAIN_ROWS = 3400
 # One slice per partition, after the training rows. The slices overlap by 2000 rows, and
 # the first one contains NAB's labelled anomaly window of 15 to 17 December 2013. They are
 # long enough that ten killed runs, each of which scores a few hundred windows past its
@@ -53,51 +47,21 @@ DAEMON_OPTIONS = [
 
 
 @pytest.fixture(scope="module")
-def machine_temperature():
-    return load_series(require(MACHINE_TEMPERATURE), out_of_order="drop")
-
-
-@pytest.fixture(scope="module")
-def bundle_dir(machine_temperature, tmp_path_factory):
-    config = TrainConfig(window=WINDOW, latent=4, hidden=32, epochs=15, patience=5, seed=0)
-    bundle = train_bundle([machine_temperature.slice(0, TRAIN_ROWS)], config, progress=False)
-    directory = tmp_path_factory.mktemp("model")
-    save_bundle(bundle, directory)
-    return directory
+def bundle_dir(machine_model_dir):
+    """The session's window-32 model, trained on rows 0 to 3400 (see tests/conftest.py)."""
+    return machine_model_dir
 
 
 @pytest.fixture(scope="module")
 def streams(machine_temperature):
     """The series of partition 0, 1 and 2, in partition order."""
-    series = []
-    for index, start in enumerate(SLICE_STARTS):
-        part = machine_temperature.slice(start, start + SLICE_ROWS)
-        part.series_id = f"machine-{index}"
-        series.append(part)
-    return series
+    return machine_slices(machine_temperature, SLICE_STARTS, SLICE_ROWS)
 
 
 @pytest.fixture(scope="module")
 def clean_run(bundle_dir, streams):
     """Scored windows and incident events of one uninterrupted in-process run."""
-    events = []
-
-    class Collect:
-        def send(self, items):
-            events.extend(items)
-
-        def flush(self):
-            pass
-
-    points = []
-    engine = StreamEngine(load_bundle(bundle_dir), EngineConfig(score=SCORE, per_series_threshold=True))
-    replay_series(engine, streams, alert_sinks=[Collect()], on_points=points.extend)
-    windows = {(point.series, point.timestamp) for point in points}
-    return windows, _event_set(events)
-
-
-def _event_set(events):
-    return {(event["alert_id"], event["sequence"], event["status"]) for event in events}
+    return replay_windows_and_events(bundle_dir, streams, EngineConfig(score=SCORE, per_series_threshold=True))
 
 
 def _produce(bootstrap, topic, streams, rows):
@@ -116,8 +80,7 @@ def _produce(bootstrap, topic, streams, rows):
 
 
 def _start_daemon(bootstrap, bundle_dir, topic, group_id, directory, name):
-    command = [
-        sys.executable, "-m", "streamad", "--log-level", "INFO", "run",
+    arguments = [
         "--model", str(bundle_dir), "--bootstrap-servers", bootstrap, "--topic", topic, "--group-id", group_id,
         "--alerts", str(directory / f"alerts-{name}.jsonl"),
         "--scores", str(directory / f"scores-{name}.jsonl"),
@@ -125,8 +88,7 @@ def _start_daemon(bootstrap, bundle_dir, topic, group_id, directory, name):
         "--checkpoint-dir", str(directory / "checkpoints"),
         *DAEMON_OPTIONS,
     ]
-    log = open(directory / f"daemon-{name}.log", "a")
-    return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    return start_streamad_run(arguments, directory / f"daemon-{name}.log")
 
 
 class JsonLinesReader:
@@ -170,36 +132,11 @@ class Outputs:
             self.windows |= windows
             self.windows_by_daemon.setdefault(name, set()).update(windows)
         for path in sorted(self.directory.glob("alerts-*.jsonl")):
-            self.events |= _event_set(self.reader.read(path))
+            self.events |= event_set(self.reader.read(path))
 
 
 def _committed(bootstrap, group_id, topic):
-    from kafka import KafkaConsumer, TopicPartition
-
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group_id, enable_auto_commit=False)
-    try:
-        return [consumer.committed(TopicPartition(topic, partition)) for partition in range(PARTITIONS)]
-    finally:
-        consumer.close()
-
-
-def _wait_for(condition, timeout_s, description, logs):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.1)
-    pytest.fail(f"timed out after {timeout_s} s waiting for {description}; daemon logs:\n{_tail(logs)}")
-
-
-def _tail(logs, characters=3000):
-    return "\n".join(f"--- {path.name}\n{path.read_text()[-characters:]}" for path in logs if path.exists())
-
-
-def _stop(daemon):
-    if daemon.poll() is None:
-        daemon.kill()
-        daemon.wait(timeout=10)
+    return committed_offsets(bootstrap, group_id, topic, PARTITIONS)
 
 
 def test_daemon_survives_kill_nine(kafka_bootstrap, new_topic, group_id, bundle_dir, streams, clean_run, tmp_path):
@@ -224,27 +161,27 @@ def test_daemon_survives_kill_nine(kafka_bootstrap, new_topic, group_id, bundle_
 
             def reached():
                 scored_by_run.extend(outputs.reader.read(scores_path))
-                assert daemon.poll() is None, f"daemon exited with {daemon.returncode}:\n{_tail(logs)}"
+                assert daemon.poll() is None, f"daemon exited with {daemon.returncode}:\n{tail_logs(logs)}"
                 return len(scored_by_run) >= kill_after
 
-            _wait_for(reached, 60, f"{kill_after} windows scored by one run", logs)
+            wait_for(reached, 60, f"{kill_after} windows scored by one run", logs)
             daemon.send_signal(signal.SIGKILL)
             daemon.wait(timeout=10)
         finally:
-            _stop(daemon)
+            kill_daemon(daemon)
         outputs.windows |= {(point["series"], point["timestamp"]) for point in scored_by_run}
     assert len(outputs.windows) < len(expected_windows), "the killed runs finished the stream"
 
     daemon = _start_daemon(kafka_bootstrap, bundle_dir, topic, group_id, tmp_path, "crash")
     try:
-        _wait_for(
+        wait_for(
             lambda: _committed(kafka_bootstrap, group_id, topic) == [SLICE_ROWS] * PARTITIONS,
             90, "the commit of every record", logs,
         )
         daemon.send_signal(signal.SIGTERM)
-        assert daemon.wait(timeout=30) == 0, _tail(logs)
+        assert daemon.wait(timeout=30) == 0, tail_logs(logs)
     finally:
-        _stop(daemon)
+        kill_daemon(daemon)
 
     outputs.update()
     log = logs[0].read_text()
@@ -267,7 +204,7 @@ def test_daemon_failover_to_second_instance(kafka_bootstrap, new_topic, group_id
             latest = [_latest_assignment(path) for path in logs]
             return all(latest) and sum(len(partitions) for partitions in latest) == PARTITIONS
 
-        _wait_for(both_assigned, 60, "an assignment for both daemons", logs)
+        wait_for(both_assigned, 60, "an assignment for both daemons", logs)
 
         _produce(kafka_bootstrap, topic, streams, range(SLICE_ROWS))
 
@@ -275,19 +212,19 @@ def test_daemon_failover_to_second_instance(kafka_bootstrap, new_topic, group_id
             outputs.update()
             return len(outputs.windows_by_daemon.get("first", ())) >= 200
 
-        _wait_for(first_scored_some, 60, "200 windows scored by the first daemon", logs)
+        wait_for(first_scored_some, 60, "200 windows scored by the first daemon", logs)
         first.send_signal(signal.SIGKILL)
         first.wait(timeout=10)
 
-        _wait_for(
+        wait_for(
             lambda: _committed(kafka_bootstrap, group_id, topic) == [SLICE_ROWS] * PARTITIONS,
             90, "the commit of every record", logs,
         )
         second.send_signal(signal.SIGTERM)
-        assert second.wait(timeout=30) == 0, _tail(logs)
+        assert second.wait(timeout=30) == 0, tail_logs(logs)
     finally:
-        _stop(first)
-        _stop(second)
+        kill_daemon(first)
+        kill_daemon(second)
 
     outputs.update()
     assert "restored checkpoint" in logs[1].read_text()
@@ -312,24 +249,24 @@ def test_daemon_scale_out_mid_stream(kafka_bootstrap, new_topic, group_id, bundl
             outputs.update()
             return len(outputs.windows_by_daemon.get("first", ())) >= 300
 
-        _wait_for(first_scored_some, 60, "300 windows scored by the first daemon", logs)
+        wait_for(first_scored_some, 60, "300 windows scored by the first daemon", logs)
         # The second member's join revokes every partition of the first one, which
         # checkpoints them in its rebalance listener while their state is in its engine.
         second = _start_daemon(kafka_bootstrap, bundle_dir, topic, group_id, tmp_path, "second")
-        _wait_for(lambda: _latest_assignment(logs[1]), 60, "an assignment for the second daemon", logs)
+        wait_for(lambda: _latest_assignment(logs[1]), 60, "an assignment for the second daemon", logs)
         _produce(kafka_bootstrap, topic, streams, range(split_row, SLICE_ROWS))
-        _wait_for(
+        wait_for(
             lambda: _committed(kafka_bootstrap, group_id, topic) == [SLICE_ROWS] * PARTITIONS,
             90, "the commit of every record", logs,
         )
         for daemon in (first, second):
             daemon.send_signal(signal.SIGTERM)
         for daemon in (first, second):
-            assert daemon.wait(timeout=30) == 0, _tail(logs)
+            assert daemon.wait(timeout=30) == 0, tail_logs(logs)
     finally:
-        _stop(first)
+        kill_daemon(first)
         if second is not None:
-            _stop(second)
+            kill_daemon(second)
 
     outputs.update()
     first_log = logs[0].read_text()
@@ -364,11 +301,11 @@ def test_daemon_sigterm_commits_what_it_processed(kafka_bootstrap, new_topic, gr
             outputs.update()
             return len(outputs.windows) >= 600
 
-        _wait_for(scored_some, 60, "600 scored windows", logs)
+        wait_for(scored_some, 60, "600 scored windows", logs)
         daemon.send_signal(signal.SIGTERM)
-        assert daemon.wait(timeout=30) == 0, _tail(logs)
+        assert daemon.wait(timeout=30) == 0, tail_logs(logs)
     finally:
-        _stop(daemon)
+        kill_daemon(daemon)
 
     outputs.update()
     committed = _committed(kafka_bootstrap, group_id, topic)

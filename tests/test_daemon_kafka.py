@@ -1,18 +1,14 @@
 """`streamad run` against a real Kafka broker: records in, alerts read back from the alerts topic."""
 
 import json
-import os
 import signal
-import subprocess
-import sys
 import time
 
 import numpy as np
 import pytest
 
-from shared_data import MACHINE_TEMPERATURE, require
+from daemon_support import EventCollector, start_streamad_run
 from streamad.bundle import save_bundle
-from streamad.data import load_series
 from streamad.engine import EngineConfig, StreamEngine
 from streamad.records import Record
 from streamad.replay import replay_series
@@ -23,11 +19,6 @@ pytestmark = pytest.mark.kafka
 # Rows 3400 to 6400 of the machine-temperature file: mid-December 2013, after NAB's
 # probationary period, with the labelled anomaly window of 15 to 17 December.
 STREAM_ROWS = slice(3400, 6400)
-
-
-@pytest.fixture(scope="module")
-def machine_temperature():
-    return load_series(require(MACHINE_TEMPERATURE), out_of_order="drop")
 
 
 @pytest.fixture(scope="module")
@@ -72,15 +63,13 @@ def _read_topic(bootstrap, topic, expected, timeout_s=30.0):
 
 
 def _run_daemon(bootstrap, bundle_dir, topic, group_id, tmp_path, alerts_topic):
-    command = [
-        sys.executable, "-m", "streamad", "--log-level", "INFO", "run",
+    arguments = [
         "--model", str(bundle_dir), "--bootstrap-servers", bootstrap, "--topic", topic,
         "--group-id", group_id, "--alerts-topic", alerts_topic, "--alerts", str(tmp_path / "alerts.jsonl"),
         "--dead-letter", str(tmp_path / "dead.jsonl"),
         "--session-timeout-ms", "6000", "--heartbeat-interval-ms", "2000", "--max-poll-interval-ms", "10000",
     ]
-    log = open(tmp_path / "daemon.log", "w")
-    return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    return start_streamad_run(arguments, tmp_path / "daemon.log", mode="w")
 
 
 def test_daemon_alerts_round_trip(kafka_bootstrap, new_topic, group_id, bundle_dir, machine_temperature, tmp_path):
@@ -113,17 +102,10 @@ def test_daemon_alerts_round_trip(kafka_bootstrap, new_topic, group_id, bundle_d
         if daemon.poll() is None:
             daemon.kill()
 
-    expected_events = []
-
-    class Collect:
-        def send(self, items):
-            expected_events.extend(items)
-
-        def flush(self):
-            pass
-
+    collector = EventCollector()
     engine = StreamEngine(load_bundle(bundle_dir), EngineConfig())
-    replay_series(engine, [stream], alert_sinks=[Collect()])
+    replay_series(engine, [stream], alert_sinks=[collector])
+    expected_events = collector.items
     assert any(event["status"] == "firing" for event in expected_events)
 
     messages = _read_topic(kafka_bootstrap, alerts_topic, len(expected_events))

@@ -5,11 +5,11 @@ with a few bad records and an injected spike, and reads its state over HTTP as P
 would.
 """
 
+import copy
 import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -17,15 +17,14 @@ import time
 import urllib.error
 import urllib.request
 from collections import Counter
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from shared_data import MACHINE_TEMPERATURE, require
+from daemon_support import free_port, serve_http, stop_http
 from streamad.bundle import save_bundle
-from streamad.data import load_series
 from streamad.engine.incidents import alert_id_for
 from streamad.records import Record
 from streamad.training import TrainConfig, train_bundle
@@ -49,11 +48,6 @@ CONSUMER_OPTIONS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def machine_temperature():
-    return load_series(require(MACHINE_TEMPERATURE), out_of_order="drop")
-
-
 def _train(machine_temperature, seed):
     # Short training runs: the tests check the plumbing, not the model's quality.
     config = TrainConfig(window=32, latent=2, hidden=16, epochs=3, patience=3, seed=seed)
@@ -61,8 +55,10 @@ def _train(machine_temperature, seed):
 
 
 @pytest.fixture(scope="module")
-def bundles(machine_temperature):
-    return _train(machine_temperature, seed=0), _train(machine_temperature, seed=1)
+def bundles(machine_temperature, small_machine_bundle):
+    # The session's model is _train(machine_temperature, seed=0). The test saves its copy, which
+    # changes the bundle's version and path, so the shared object stays unchanged.
+    return copy.deepcopy(small_machine_bundle), _train(machine_temperature, seed=1)
 
 
 @pytest.fixture(scope="module")
@@ -80,12 +76,6 @@ BAD_RECORDS = [
     (b'{"series": "machine", "timestamp": 1, "values": [NaN]}', "non_finite"),
     (b"[1, 2]", "not_object"),
 ]
-
-
-def _free_port():
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def _start_daemon(tmp_path, bootstrap, model, topic, group_id, port, *options, log_name="daemon.log"):
@@ -182,15 +172,13 @@ class DelayingWebhook:
             def log_message(self, *args):
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = serve_http(Handler)
         self.server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/alerts"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def close(self):
         self.release.set()
-        self.server.shutdown()
-        self.server.server_close()
+        stop_http(self.server)
 
 
 def _paused(samples):
@@ -217,7 +205,7 @@ def test_daemon_serves_metrics_and_health(kafka_bootstrap, new_topic, group_id, 
     last_offset = max(offset for _, offset in acknowledged)
 
     webhook = DelayingWebhook(records[SPIKE_ROWS.start].timestamp)
-    port = _free_port()
+    port = free_port()
     max_stall_s = 5.0
     daemon = _start_daemon(
         tmp_path, kafka_bootstrap, bundle_dir, topic, group_id, port,
@@ -311,7 +299,7 @@ def test_daemon_reloads_model_mid_stream(kafka_bootstrap, new_topic, group_id, b
     half = 500
     produce_records(kafka_bootstrap, topic, records[:half])
 
-    port = _free_port()
+    port = free_port()
     daemon = _start_daemon(tmp_path, kafka_bootstrap, versions, topic, group_id, port, "--reload-interval-s", "1")
     try:
         _wait_for(

@@ -6,23 +6,19 @@ in-process run exactly once, in order within each incident.
 """
 
 import json
-import os
 import signal
-import subprocess
-import sys
-import time
 
 import pytest
 
 from connectors.outbox import Outbox
-from shared_data import MACHINE_TEMPERATURE, require
+from daemon_support import (
+    EventCollector, Receiver, committed_offsets, free_port, kill_daemon, start_streamad_run, wait_for,
+)
 from streamad.bundle import load_bundle, save_bundle
-from streamad.data import load_series
 from streamad.engine import EngineConfig, StreamEngine
 from streamad.records import Record, encode_record
 from streamad.replay import replay_series
 from streamad.training import TrainConfig, train_bundle
-from test_webhook import Receiver, _free_port
 
 pytestmark = pytest.mark.kafka
 
@@ -50,8 +46,8 @@ DAEMON_OPTIONS = [
 
 
 @pytest.fixture(scope="module")
-def series():
-    return load_series(require(MACHINE_TEMPERATURE), out_of_order="drop")
+def series(machine_temperature):
+    return machine_temperature
 
 
 @pytest.fixture(scope="module")
@@ -73,18 +69,10 @@ def stream(series):
 @pytest.fixture(scope="module")
 def expected_events(bundle_dir, stream):
     """Incident events of one uninterrupted in-process run, in emission order."""
-    events = []
-
-    class Collect:
-        def send(self, items):
-            events.extend(items)
-
-        def flush(self):
-            pass
-
+    events = EventCollector()
     config = EngineConfig(score=SCORE, threshold_level=float(LEVEL), per_series_threshold=True, has_clock=True)
-    replay_series(StreamEngine(load_bundle(bundle_dir), config), [stream], alert_sinks=[Collect()])
-    return events
+    replay_series(StreamEngine(load_bundle(bundle_dir), config), [stream], alert_sinks=[events])
+    return events.items
 
 
 def _produce(bootstrap, topic, stream):
@@ -101,8 +89,7 @@ def _produce(bootstrap, topic, stream):
 
 
 def _start_daemon(bootstrap, bundle_dir, topic, group_id, directory, webhook_url):
-    command = [
-        sys.executable, "-m", "streamad", "--log-level", "INFO", "run",
+    arguments = [
         "--model", str(bundle_dir), "--bootstrap-servers", bootstrap, "--topic", topic, "--group-id", group_id,
         "--webhook", webhook_url,
         "--outbox", str(directory / "outbox.db"),
@@ -110,34 +97,11 @@ def _start_daemon(bootstrap, bundle_dir, topic, group_id, directory, webhook_url
         "--checkpoint-dir", str(directory / "checkpoints"),
         *DAEMON_OPTIONS,
     ]
-    log = open(directory / "daemon.log", "a")
-    return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    return start_streamad_run(arguments, directory / "daemon.log")
 
 
 def _committed(bootstrap, group_id, topic):
-    from kafka import KafkaConsumer, TopicPartition
-
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group_id, enable_auto_commit=False)
-    try:
-        return consumer.committed(TopicPartition(topic, 0))
-    finally:
-        consumer.close()
-
-
-def _wait_for(condition, timeout_s, description, log):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.1)
-    text = log.read_text()[-4000:] if log.exists() else ""
-    pytest.fail(f"timed out after {timeout_s} s waiting for {description}; daemon log:\n{text}")
-
-
-def _stop(daemon):
-    if daemon.poll() is None:
-        daemon.kill()
-        daemon.wait(timeout=10)
+    return committed_offsets(bootstrap, group_id, topic, 1)[0]
 
 
 def test_outbox_survives_kill_nine_while_endpoint_down(kafka_bootstrap, new_topic, group_id, bundle_dir, stream, expected_events, tmp_path):
@@ -146,7 +110,7 @@ def test_outbox_survives_kill_nine_while_endpoint_down(kafka_bootstrap, new_topi
     topic = new_topic(1, prefix="outbox")
     _produce(kafka_bootstrap, topic, stream)
     log = tmp_path / "daemon.log"
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}/alerts"
 
     # Run 1: the endpoint is down, so the events stay pending in the outbox.
@@ -162,11 +126,11 @@ def test_outbox_survives_kill_nine_while_endpoint_down(kafka_bootstrap, new_topi
             finally:
                 box.close()
 
-        _wait_for(some_pending, 120, f"{len(expected_keys) // 3} pending events in the outbox", log)
+        wait_for(some_pending, 120, f"{len(expected_keys) // 3} pending events in the outbox", [log])
         daemon.send_signal(signal.SIGKILL)
         daemon.wait(timeout=10)
     finally:
-        _stop(daemon)
+        kill_daemon(daemon)
     box = Outbox(tmp_path / "outbox.db")
     counts = box.counts()
     box.close()
@@ -178,11 +142,11 @@ def test_outbox_survives_kill_nine_while_endpoint_down(kafka_bootstrap, new_topi
     # then the daemon exits with 0 and the events stay pending.
     daemon = _start_daemon(kafka_bootstrap, bundle_dir, topic, group_id, tmp_path, url)
     try:
-        _wait_for(lambda: log.read_text().count("Kafka partitions assigned") >= 2, 120, "the second assignment", log)
+        wait_for(lambda: log.read_text().count("Kafka partitions assigned") >= 2, 120, "the second assignment", [log])
         daemon.send_signal(signal.SIGTERM)
         assert daemon.wait(timeout=60) == 0, log.read_text()[-4000:]
     finally:
-        _stop(daemon)
+        kill_daemon(daemon)
     assert "pending event(s) for the next start" in log.read_text()
     box = Outbox(tmp_path / "outbox.db")
     counts = box.counts()
@@ -195,12 +159,12 @@ def test_outbox_survives_kill_nine_while_endpoint_down(kafka_bootstrap, new_topi
     try:
         daemon = _start_daemon(kafka_bootstrap, bundle_dir, topic, group_id, tmp_path, url)
         try:
-            _wait_for(lambda: _committed(kafka_bootstrap, group_id, topic) == len(stream.timestamps), 120, "the commit of every record", log)
-            _wait_for(lambda: set(receiver.keys()) >= set(expected_keys), 120, "delivery of every event", log)
+            wait_for(lambda: _committed(kafka_bootstrap, group_id, topic) == len(stream.timestamps), 120, "the commit of every record", [log])
+            wait_for(lambda: set(receiver.keys()) >= set(expected_keys), 120, "delivery of every event", [log])
             daemon.send_signal(signal.SIGTERM)
             assert daemon.wait(timeout=60) == 0, log.read_text()[-4000:]
         finally:
-            _stop(daemon)
+            kill_daemon(daemon)
     finally:
         receiver.close()
 

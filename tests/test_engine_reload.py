@@ -279,13 +279,22 @@ def _write_half_bundle(source, target):
     os.utime(target, (future, future))
 
 
-def test_reloader_swaps_new_version(bundles, tmp_path):
-    old, new = bundles
-    _save(old, tmp_path / "v1")
-    engine = StreamEngine(load_bundle(tmp_path), EngineConfig())
+def _start_reloader(bundle, directory):
+    """Save ``bundle`` as version v1 of ``directory`` and watch it with a 30 s reloader on a fake clock.
+
+    Return the engine, the clock, the list of reload results and the reloader.
+    """
+    _save(bundle, directory / "v1")
+    engine = StreamEngine(load_bundle(directory), EngineConfig())
     clock = FakeClock()
     results = []
-    reloader = BundleReloader(engine, tmp_path, interval_s=30, on_result=results.append, clock=clock)
+    reloader = BundleReloader(engine, directory, interval_s=30, on_result=results.append, clock=clock)
+    return engine, clock, results, reloader
+
+
+def test_reloader_swaps_new_version(bundles, tmp_path):
+    old, new = bundles
+    engine, clock, results, reloader = _start_reloader(old, tmp_path)
 
     time.sleep(0.01)
     _save(new, tmp_path / "v2")
@@ -305,11 +314,7 @@ def test_reloader_swaps_new_version(bundles, tmp_path):
 
 def test_reloader_retries_broken_bundle(bundles, tmp_path, caplog):
     old, new = bundles
-    _save(old, tmp_path / "v1")
-    engine = StreamEngine(load_bundle(tmp_path), EngineConfig())
-    clock = FakeClock()
-    results = []
-    reloader = BundleReloader(engine, tmp_path, interval_s=30, on_result=results.append, clock=clock)
+    engine, clock, results, reloader = _start_reloader(old, tmp_path)
     _save(new, tmp_path.parent / f"{tmp_path.name}-source")
     _write_half_bundle(tmp_path.parent / f"{tmp_path.name}-source", tmp_path / "v2")
 
@@ -333,11 +338,7 @@ def test_reloader_retries_broken_bundle(bundles, tmp_path, caplog):
 
 def test_reloader_rejects_incompatible_once(bundles, tmp_path, caplog):
     old, new = bundles
-    _save(old, tmp_path / "v1")
-    engine = StreamEngine(load_bundle(tmp_path), EngineConfig())
-    clock = FakeClock()
-    results = []
-    reloader = BundleReloader(engine, tmp_path, interval_s=30, on_result=results.append, clock=clock)
+    engine, clock, results, reloader = _start_reloader(old, tmp_path)
     other = copy.copy(new)
     other.config = dict(new.config, stride=3)
     time.sleep(0.01)

@@ -8,29 +8,23 @@ incident events are the same.
 
 import json
 import logging
-import os
 import signal
-import subprocess
-import sys
 import time
 import uuid
 
 import numpy as np
 import pytest
 
-from shared_data import MACHINE_TEMPERATURE, require
-from streamad.bundle import load_bundle, save_bundle
-from streamad.data import load_series
-from streamad.engine import EngineConfig, StreamEngine
+from daemon_support import (
+    committed_offsets, event_set, kill_daemon, machine_slices, replay_windows_and_events, start_streamad_run, wait_for,
+)
+from streamad.engine import EngineConfig
 from streamad.engine.checkpoint import CheckpointStore, decode_checkpoint
 from streamad.engine.engine import EngineState
 from streamad.records import Record, encode_record
-from streamad.replay import replay_series
-from streamad.training import TrainConfig, train_bundle
 
 pytestmark = pytest.mark.kafka
 
-TRAIN_ROWS = 3400
 # One slice per partition, after the training rows; the first contains NAB's labelled
 # anomaly window of 15 to 17 December 2013.
 SLICE_ROWS = 2000
@@ -205,49 +199,20 @@ def test_store_rejects_invalid_topic(kafka_bootstrap):
 
 
 @pytest.fixture(scope="module")
-def machine_temperature():
-    return load_series(require(MACHINE_TEMPERATURE), out_of_order="drop")
-
-
-@pytest.fixture(scope="module")
-def bundle_dir(machine_temperature, tmp_path_factory):
-    config = TrainConfig(window=WINDOW, latent=4, hidden=32, epochs=15, patience=5, seed=0)
-    bundle = train_bundle([machine_temperature.slice(0, TRAIN_ROWS)], config, progress=False)
-    directory = tmp_path_factory.mktemp("model")
-    save_bundle(bundle, directory)
-    return directory
+def bundle_dir(machine_model_dir):
+    """The session's window-32 model, trained on rows 0 to 3400 (see tests/conftest.py)."""
+    return machine_model_dir
 
 
 @pytest.fixture(scope="module")
 def streams(machine_temperature):
-    series = []
-    for index, start in enumerate(SLICE_STARTS):
-        part = machine_temperature.slice(start, start + SLICE_ROWS)
-        part.series_id = f"machine-{index}"
-        series.append(part)
-    return series
-
-
-def _event_set(events):
-    return {(event["alert_id"], event["sequence"], event["status"]) for event in events}
+    return machine_slices(machine_temperature, SLICE_STARTS, SLICE_ROWS)
 
 
 @pytest.fixture(scope="module")
 def clean_run(bundle_dir, streams):
     """Scored windows and incident events of one uninterrupted in-process run."""
-    events = []
-
-    class Collect:
-        def send(self, items):
-            events.extend(items)
-
-        def flush(self):
-            pass
-
-    points = []
-    engine = StreamEngine(load_bundle(bundle_dir), EngineConfig(score=SCORE, per_series_threshold=True))
-    replay_series(engine, streams, alert_sinks=[Collect()], on_points=points.extend)
-    return {(point.series, point.timestamp) for point in points}, _event_set(events)
+    return replay_windows_and_events(bundle_dir, streams, EngineConfig(score=SCORE, per_series_threshold=True))
 
 
 def _produce(bootstrap, topic, streams):
@@ -265,13 +230,7 @@ def _produce(bootstrap, topic, streams):
 
 
 def _committed(bootstrap, group_id, topic):
-    from kafka import KafkaConsumer, TopicPartition
-
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group_id, enable_auto_commit=False)
-    try:
-        return [consumer.committed(TopicPartition(topic, partition)) for partition in range(PARTITIONS)]
-    finally:
-        consumer.close()
+    return committed_offsets(bootstrap, group_id, topic, PARTITIONS)
 
 
 def _read_lines(path, position):
@@ -300,24 +259,14 @@ def test_daemon_restarts_from_checkpoint_topic(kafka_bootstrap, new_topic, group
     log_path = tmp_path / "daemon.log"
     scores_path = tmp_path / "scores.jsonl"
     alerts_path = tmp_path / "alerts.jsonl"
-    command = [
-        sys.executable, "-m", "streamad", "--log-level", "INFO", "run",
+    arguments = [
         "--model", str(bundle_dir), "--bootstrap-servers", kafka_bootstrap, "--topic", topic, "--group-id", group_id,
         "--alerts", str(alerts_path), "--scores", str(scores_path), "--checkpoint-topic", checkpoint_topic,
         *DAEMON_OPTIONS,
     ]
 
     def start():
-        log = open(log_path, "a")
-        return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-
-    def wait_for(condition, timeout_s, description):
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if condition():
-                return
-            time.sleep(0.1)
-        pytest.fail(f"timed out after {timeout_s} s waiting for {description}; daemon log:\n{log_path.read_text()[-4000:]}")
+        return start_streamad_run(arguments, log_path)
 
     windows = set()
     position = 0
@@ -333,13 +282,11 @@ def test_daemon_restarts_from_checkpoint_topic(kafka_bootstrap, new_topic, group
                 assert daemon.poll() is None, f"daemon exited with {daemon.returncode}:\n{log_path.read_text()[-4000:]}"
                 return len(scored_by_run) >= kill_after
 
-            wait_for(reached, 90, f"{kill_after} windows scored by one run")
+            wait_for(reached, 90, f"{kill_after} windows scored by one run", [log_path])
             daemon.send_signal(signal.SIGKILL)
             daemon.wait(timeout=10)
         finally:
-            if daemon.poll() is None:
-                daemon.kill()
-                daemon.wait(timeout=10)
+            kill_daemon(daemon)
         windows |= {(point["series"], point["timestamp"]) for point in scored_by_run}
     assert len(windows) < len(expected_windows), "the killed runs finished the stream"
 
@@ -347,14 +294,12 @@ def test_daemon_restarts_from_checkpoint_topic(kafka_bootstrap, new_topic, group
     try:
         wait_for(
             lambda: _committed(kafka_bootstrap, group_id, topic) == [SLICE_ROWS] * PARTITIONS,
-            120, "the commit of every record",
+            120, "the commit of every record", [log_path],
         )
         daemon.send_signal(signal.SIGTERM)
         assert daemon.wait(timeout=30) == 0, log_path.read_text()[-4000:]
     finally:
-        if daemon.poll() is None:
-            daemon.kill()
-            daemon.wait(timeout=10)
+        kill_daemon(daemon)
 
     items, position = _read_lines(scores_path, position)
     windows |= {(point["series"], point["timestamp"]) for point in items}
@@ -364,4 +309,4 @@ def test_daemon_restarts_from_checkpoint_topic(kafka_bootstrap, new_topic, group
     assert "no --checkpoint-dir" not in log
     assert not list(tmp_path.glob("**/*.npz"))
     assert windows == expected_windows
-    assert _event_set(events) == expected_events
+    assert event_set(events) == expected_events

@@ -8,80 +8,21 @@ that deduplication, with no event missing and the events of each alert in order.
 
 import json
 import shutil
-import socket
 import ssl
 import subprocess
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
 import connectors.webhook as webhook
 from connectors.outbox import Outbox
+from daemon_support import Receiver, free_port
 from connectors.webhook import RateLimiter, WebhookEndpoint, WebhookSink, backoff_delay, parse_retry_after
 from streamad.alerts.signing import SIGNATURE_HEADER, SeenSignatures, verify
 from streamad.cli import main
 
 WAIT_S = 60.0
 FAST = {"backoff_base_s": 0.05, "backoff_max_s": 0.3}
-
-
-class Receiver:
-    """An HTTP server that records every POST and responds with the statuses of ``statuses``, then 204.
-
-    ``statuses`` items are an int status or a (status, headers) pair. The first ``delay_first``
-    requests are recorded and then get their response after ``delay`` seconds, later than a short
-    client read timeout.
-    """
-
-    def __init__(self, port=0, statuses=(), delay_first=0, delay=0.0, ssl_context=None):
-        self.requests = []
-        self.accepted = []
-        self.statuses = list(statuses)
-        self.delay_first = delay_first
-        self.delay = delay
-        self.lock = threading.Lock()
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                with receiver.lock:
-                    receiver.requests.append((time.monotonic(), dict(self.headers), body))
-                    index = len(receiver.requests)
-                    answer = receiver.statuses.pop(0) if receiver.statuses else 204
-                if index <= receiver.delay_first:
-                    time.sleep(receiver.delay)
-                status, headers = answer if isinstance(answer, tuple) else (answer, {})
-                if 200 <= status < 300:
-                    with receiver.lock:
-                        receiver.accepted.append((dict(self.headers), body))
-                self.send_response(status)
-                for name, value in headers.items():
-                    self.send_header(name, value)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
-        if ssl_context is not None:
-            self.server.socket = ssl_context.wrap_socket(self.server.socket, server_side=True)
-        scheme = "https" if ssl_context is not None else "http"
-        self.url = f"{scheme}://127.0.0.1:{self.server.server_address[1]}/alerts"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def keys(self):
-        """Return the Idempotency-Key of each accepted request, in arrival order."""
-        with self.lock:
-            return [headers["Idempotency-Key"] for headers, _ in self.accepted]
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @pytest.fixture
@@ -149,12 +90,6 @@ def _send(sink, events):
     sink.flush()
 
 
-def _free_port():
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def test_sink_posts_each_event_as_json(receivers, sinks, tmp_path):
     receiver = receivers()
     sink = sinks([WebhookEndpoint("hook", receiver.url)], tmp_path / "outbox.db")
@@ -199,7 +134,7 @@ def test_sink_retries_timed_out_request(receivers, sinks, tmp_path):
 
 
 def test_sink_waits_for_endpoint_that_is_down(receivers, sinks, tmp_path):
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}/alerts"
     sink = sinks([WebhookEndpoint("hook", url, connect_timeout_s=0.5, max_attempts=1000, **FAST)], tmp_path / "outbox.db")
     events = _events()
@@ -344,7 +279,7 @@ def test_backlog_counts_buffered_and_pending(tmp_path):
 
 
 def test_close_drains_then_keeps_rest(receivers, tmp_path):
-    port = _free_port()
+    port = free_port()
     path = tmp_path / "outbox.db"
     endpoint = WebhookEndpoint("hook", f"http://127.0.0.1:{port}/", connect_timeout_s=0.5, max_attempts=1000, **FAST)
     sink = WebhookSink([endpoint], path, poll_interval_s=0.1)
