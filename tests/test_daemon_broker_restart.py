@@ -267,7 +267,7 @@ def test_daemon_survives_broker_restart(bundle_dir, machine_temperature, tmp_pat
                 # during the retries of that write would end them and fail the daemon.
                 wait_for(
                     alive_and(
-                        lambda: _checkpointed_offset(broker.bootstrap, "checkpoints") >= len(after) - 1
+                        lambda: len(after) - 1 in _checkpointed_offsets(broker.bootstrap, "checkpoints")
                         and not _checkpoint_write_retrying(log_path)
                     ),
                     120, "an acknowledged checkpoint of the records produced after the restart", [log_path],
@@ -331,8 +331,12 @@ def _checkpoint_write_retrying(log_path):
     return bool(lines) and "failed, retry" in lines[-1]
 
 
-def _checkpointed_offset(bootstrap, checkpoint_topic):
-    """Return the highest offset in the checkpoints of the checkpoint topic, or -1 while it has none."""
+def _checkpointed_offsets(bootstrap, checkpoint_topic):
+    """Return the set of offsets in the checkpoints of the checkpoint topic, empty while it has none.
+
+    A set rather than the highest offset, because a checkpoint of the records produced before
+    the restart (higher offsets) can still reach the recreated topic from the producer's retries.
+    """
     from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 
     from streamad.engine.checkpoint import decode_checkpoint
@@ -341,11 +345,11 @@ def _checkpointed_offset(bootstrap, checkpoint_topic):
     admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=5000)
     try:
         if checkpoint_topic not in admin.list_topics():
-            return -1
+            return set()
     finally:
         admin.close()
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False, request_timeout_ms=5000)
-    offsets = [-1]
+    offsets = set()
     try:
         partitions = [TopicPartition(checkpoint_topic, partition) for partition in sorted(consumer.partitions_for_topic(checkpoint_topic) or ())]
         consumer.assign(partitions)
@@ -353,12 +357,12 @@ def _checkpointed_offset(bootstrap, checkpoint_topic):
         deadline = time.monotonic() + 10
         while partitions and time.monotonic() < deadline:
             for records in consumer.poll(timeout_ms=200).values():
-                offsets.extend(decode_checkpoint(record.value, "message").offset for record in records)
+                offsets.update(decode_checkpoint(record.value, "message").offset for record in records)
             if all(consumer.highwater(tp) is not None and consumer.position(tp) >= consumer.highwater(tp) for tp in partitions):
                 break
     finally:
         consumer.close()
-    return max(offsets)
+    return offsets
 
 
 def _closed_port():
