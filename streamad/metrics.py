@@ -77,6 +77,7 @@ class DaemonMetrics:
         self._seen_points = 0
         self._seen_events: CountOf = CountOf()
         self._seen_dead_letters: CountOf = CountOf()
+        self._seen_dropped: CountOf = CountOf()
         self._lag_labels: set[tuple[str, str]] = set()
         self._checkpoint_offsets: dict[PartitionId, int] = {}
 
@@ -87,6 +88,13 @@ class DaemonMetrics:
         self.windows_scored = Counter("streamad_windows_scored", "Windows scored by the model.", registry=registry)
         self.incident_events = Counter(
             "streamad_incident_events", "Incident events sent to the alert sinks, by status.", ["status"], registry=registry
+        )
+        self.windows_dropped = Counter(
+            "streamad_windows_dropped",
+            "Windows not scored, by reason: gap (a NaN run longer than the fill limit) or non_finite_score "
+            "(the model returned NaN or infinity).",
+            ["reason"],
+            registry=registry,
         )
         self.dead_letters = Counter(
             "streamad_dead_letters", "Records sent to the dead letters, by reason.", ["reason"], registry=registry
@@ -202,6 +210,14 @@ class DaemonMetrics:
         """Show whether backpressure pauses the partitions and the sinks' backlog that decided it."""
         self.backpressure_paused.set(1 if paused else 0)
         self.outbox_backlog.set(backlog)
+
+    def observe_engine(self, engine_stats: Mapping[str, int]) -> None:
+        """Count the windows the engine dropped since the last call, from its cumulative ``stats`` counter."""
+        dropped = {
+            "gap": engine_stats.get("windows_skipped_gap", 0),
+            "non_finite_score": engine_stats.get("windows_dropped_non_finite_score", 0),
+        }
+        self._seen_dropped = _add_increase(self.windows_dropped, dropped, self._seen_dropped)
 
     def set_model(self, version: str, path: str | Path | None) -> None:
         """Show ``version`` as the model in use."""

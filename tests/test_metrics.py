@@ -153,6 +153,15 @@ def test_metrics_backpressure_gauges():
     assert samples[("streamad_outbox_backlog", ())] == 3
 
 
+def test_metrics_count_dropped_windows():
+    metrics = DaemonMetrics(max_stall_s=10)
+    metrics.observe_engine(Counter(windows_skipped_gap=2, windows_dropped_non_finite_score=1, windows_scored=50))
+    metrics.observe_engine(Counter(windows_skipped_gap=5, windows_dropped_non_finite_score=1, windows_scored=90))
+    samples = _samples(metrics)
+    assert samples[("streamad_windows_dropped_total", (("reason", "gap"),))] == 5
+    assert samples[("streamad_windows_dropped_total", (("reason", "non_finite_score"),))] == 1
+
+
 def test_metrics_health_fails_after_stall():
     clock = FakeClock()
     metrics = DaemonMetrics(max_stall_s=5, clock=clock)

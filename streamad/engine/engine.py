@@ -276,7 +276,7 @@ class StreamEngine:
                 incident_events.append((event, position))
 
         if dropped:
-            # NOTE: this count is in engine.stats only, not on /metrics.
+            # The daemon exports this count as streamad_windows_dropped_total{reason="non_finite_score"}.
             self.stats["windows_dropped_non_finite_score"] += len(dropped)
             first_record, first_score = dropped[0]
             logger.error(

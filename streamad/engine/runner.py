@@ -179,6 +179,7 @@ def _update_metrics(
     """Hand the state of the loop after one poll to ``metrics``; a failure is logged and the loop goes on."""
     try:
         metrics.set_model(engine.bundle.version, engine.bundle.path)
+        metrics.observe_engine(engine.stats)
         if backpressure is not None:
             metrics.observe_backpressure(paused=backpressure.paused, backlog=backpressure.backlog)
         metrics.observe_loop(
