@@ -114,6 +114,7 @@ class WebhookEndpoint:
     key_file: str | None = None
     rate_limit_per_minute: int = 0
     group_by: str = "none"
+    external_url: str = ""
     group_separator: str = "-"
     group_wait_s: float = 0.0
     max_group_size: int = 100
@@ -400,7 +401,9 @@ class EndpointSender(threading.Thread):
         else:
             key = endpoint.group_key(events[0])
             group_labels = {} if key is None else {endpoint.group_label_name(): key}
-            document = payloads.alertmanager_webhook_payload(events, receiver=endpoint.name, group_labels=group_labels)
+            document = payloads.alertmanager_webhook_payload(
+                events, receiver=endpoint.name, group_labels=group_labels, external_url=endpoint.external_url
+            )
             keys = ",".join(f"{row.alert_id}:{row.sequence}" for row in batch)
             idempotency_key = batch[0].alert_id + ":" + str(batch[0].sequence) if len(batch) == 1 else (
                 "group-" + hashlib.sha256(keys.encode()).hexdigest()[:32]

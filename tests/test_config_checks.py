@@ -274,3 +274,27 @@ def test_annotation_template_with_bounded_width_renders():
 def test_run_rejects_annotation_width_before_start(tmp_path, capsys):
     assert _run(tmp_path, "--stdout", "--annotation", "x={score:>99999999999}") == 2
     assert "--annotation x='{score:>99999999999}'" in _last_error(capsys)
+
+
+def test_webhook_table_sets_external_url(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from connectors import webhook
+    from streamad.cli.config import webhook_endpoint_settings
+
+    run_args = build_parser().run_parser.parse_args(["--model", "m", *KAFKA])
+    table = {"url": "http://127.0.0.1:1/hook", "format": "alertmanager", "external_url": "http://streamad.example"}
+    endpoint = WebhookEndpoint(**webhook_endpoint_settings("am", table, run_args))
+    assert endpoint.external_url == "http://streamad.example"
+
+    captured = {}
+
+    def fake_payload(events, **options):
+        captured.update(options)
+        return {"alerts": events}
+
+    monkeypatch.setattr(webhook.payloads, "alertmanager_webhook_payload", fake_payload)
+    sender = EndpointSender(endpoint, Outbox(tmp_path / "outbox.db"))
+    row = SimpleNamespace(alert_id="a1", sequence=1, event_dict=lambda: {"alert_id": "a1", "sequence": 1, "series": "s"})
+    sender._request([row])
+    assert captured["external_url"] == "http://streamad.example"

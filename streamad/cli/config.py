@@ -226,6 +226,7 @@ ENDPOINT_KEYS: dict[str, tuple[type | tuple, str | None]] = {
     "key_file": (str, "webhook_key_file"),
     "rate_limit_per_minute": (int, "webhook_rate_limit"),
     "group_by": (str, None),
+    "external_url": (str, None),
     "group_separator": (str, None),
     "group_wait_s": ((int, float), None),
     "max_group_size": (int, None),
