@@ -244,3 +244,17 @@ def test_engine_survives_scorer_error(bundle, monkeypatch):
 
     assert len(result.points) == 40 - WINDOW + 1
     assert all(np.isfinite(p.score) for p in result.points)
+
+
+def test_engine_warns_few_validation_windows(bundle, caplog):
+    windows = len(bundle.validation_scores["likelihood"])
+    assert windows < 999
+
+    with caplog.at_level("WARNING", logger="streamad.engine.engine"):
+        StreamEngine(bundle, EngineConfig(score="likelihood"))
+    assert f"has {windows} validation windows for the likelihood score" in caplog.text
+
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="streamad.engine.engine"):
+        StreamEngine(bundle, EngineConfig(score="likelihood", severity_warning=0.5, severity_critical=0.9))
+    assert "validation windows" not in caplog.text

@@ -182,6 +182,7 @@ class StreamEngine:
             per_series=self.config.per_series_threshold,
         )
         self.calibrator = ScoreCalibrator(reference)
+        _warn_coarse_severity(len(reference), self.config.score, self.config.severity_critical, bundle.version)
         self.incidents = IncidentTracker(
             bundle.version,
             self.config.resolve_after,
@@ -533,6 +534,23 @@ def _rescale_buffer_rows(buffers: SeriesBuffers, slots: list[int], old: Standard
     buffers.values[slots] = (values * factor + offset).astype(np.float32)
     last_values = buffers.last_value[slots].astype(np.float64)
     buffers.last_value[slots] = (last_values * factor + offset).astype(np.float32)
+
+
+def _warn_coarse_severity(validation_windows: int, score: str, critical: float, version: str) -> None:
+    """Log a warning when the ``critical`` cut-off lies beyond the largest validation score.
+
+    With n validation windows, only the tail fitted above the largest of them gives a probability
+    above n/(n + 1). Below n = critical/(1 − critical) windows, the critical cut-off lies in that
+    tail, as does the threshold at a high level, so most alerts come out critical.
+    """
+    needed = critical / (1.0 - critical) if critical < 1.0 else float("inf")
+    if validation_windows < needed:
+        logger.warning(
+            "model %s has %d validation windows for the %s score, fewer than the %.0f that a --severity-critical "
+            "of %g needs: the severity of alerts then comes from the tail fit above the largest validation score, and "
+            "most alerts are critical; retrain with more validation data (--validation-fraction) or lower --severity-critical",
+            version, validation_windows, score, needed, critical,
+        )
 
 
 def _strip_prefix(arrays: dict[str, np.ndarray], prefix: str) -> dict[str, np.ndarray]:
