@@ -143,14 +143,12 @@ def machine_model_dir(machine_temperature, tmp_path_factory):
 
     Daemons only read it, so one copy serves every test of the session.
     """
-    from streamad.bundle import save_bundle
-    from streamad.training import TrainConfig, train_bundle
+    from daemon_support import train_bundle_dir
+    from streamad.training import TrainConfig
 
     config = TrainConfig(window=32, latent=4, hidden=32, epochs=15, patience=5, seed=0)
-    bundle = train_bundle([machine_temperature.slice(0, MACHINE_TRAIN_ROWS)], config, progress=False)
-    directory = tmp_path_factory.mktemp("machine-model")
-    save_bundle(bundle, directory)
-    return directory
+    train_span = machine_temperature.slice(0, MACHINE_TRAIN_ROWS)
+    return train_bundle_dir([train_span], config, tmp_path_factory.mktemp("machine-model"))
 
 
 @pytest.fixture(scope="session")

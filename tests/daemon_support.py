@@ -23,6 +23,16 @@ import pytest
 ALERTMANAGER_WAIT_S = 20.0
 
 
+def train_bundle_dir(train_series, config, directory: Path) -> Path:
+    """Train a model bundle on ``train_series`` with the TrainConfig ``config``, save it in ``directory`` and return that."""
+    from streamad.bundle import save_bundle
+    from streamad.training import train_bundle
+
+    bundle = train_bundle(list(train_series), config, progress=False)
+    save_bundle(bundle, directory)
+    return directory
+
+
 def start_streamad_run(arguments, log_path: Path, mode: str = "a") -> subprocess.Popen:
     """Start ``streamad --log-level INFO run ARGUMENTS`` with stdout and stderr in ``log_path``.
 

@@ -7,12 +7,11 @@ import time
 import numpy as np
 import pytest
 
-from daemon_support import EventCollector, start_streamad_run
-from streamad.bundle import save_bundle
+from daemon_support import EventCollector, start_streamad_run, train_bundle_dir
 from streamad.engine import EngineConfig, StreamEngine
 from streamad.records import Record
 from streamad.replay import replay_series
-from streamad.training import TrainConfig, train_bundle
+from streamad.training import TrainConfig
 
 pytestmark = pytest.mark.kafka
 
@@ -25,10 +24,7 @@ STREAM_ROWS = slice(3400, 6400)
 def bundle_dir(machine_temperature, tmp_path_factory):
     train_span = machine_temperature.slice(0, 3400)
     config = TrainConfig(window=32, latent=4, hidden=64, epochs=40, patience=10, seed=0)
-    bundle = train_bundle([train_span], config, progress=False)
-    directory = tmp_path_factory.mktemp("model")
-    save_bundle(bundle, directory)
-    return directory
+    return train_bundle_dir([train_span], config, tmp_path_factory.mktemp("model"))
 
 
 def _committed_offset(bootstrap, group_id, topic):

@@ -12,13 +12,14 @@ import pytest
 
 from connectors.outbox import Outbox
 from daemon_support import (
-    EventCollector, Receiver, committed_offsets, free_port, kill_daemon, start_streamad_run, wait_for,
+    EventCollector, Receiver, committed_offsets, free_port, kill_daemon, start_streamad_run, train_bundle_dir,
+    wait_for,
 )
-from streamad.bundle import load_bundle, save_bundle
+from streamad.bundle import load_bundle
 from streamad.engine import EngineConfig, StreamEngine
 from streamad.records import Record, encode_record
 from streamad.replay import replay_series
-from streamad.training import TrainConfig, train_bundle
+from streamad.training import TrainConfig
 
 pytestmark = pytest.mark.kafka
 
@@ -53,10 +54,7 @@ def series(machine_temperature):
 @pytest.fixture(scope="module")
 def bundle_dir(series, tmp_path_factory):
     config = TrainConfig(window=16, latent=2, hidden=16, epochs=5, patience=3, seed=0)
-    bundle = train_bundle([series.slice(0, TRAIN_ROWS)], config, progress=False)
-    directory = tmp_path_factory.mktemp("model")
-    save_bundle(bundle, directory)
-    return directory
+    return train_bundle_dir([series.slice(0, TRAIN_ROWS)], config, tmp_path_factory.mktemp("model"))
 
 
 @pytest.fixture(scope="module")

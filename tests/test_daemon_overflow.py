@@ -10,9 +10,9 @@ import time
 import numpy as np
 import pytest
 
-from streamad.bundle import save_bundle
+from daemon_support import train_bundle_dir
 from streamad.data import Series
-from streamad.training import TrainConfig, train_bundle
+from streamad.training import TrainConfig
 
 pytestmark = pytest.mark.kafka
 
@@ -33,10 +33,7 @@ def _sine(length, start_ms=1_700_000_000_000):
 @pytest.fixture(scope="module")
 def bundle_dir(tmp_path_factory):
     config = TrainConfig(window=WINDOW, latent=2, hidden=16, epochs=3, patience=3, seed=0)
-    bundle = train_bundle([_sine(400, start_ms=0)], config, progress=False)
-    directory = tmp_path_factory.mktemp("overflow-model")
-    save_bundle(bundle, directory)
-    return directory
+    return train_bundle_dir([_sine(400, start_ms=0)], config, tmp_path_factory.mktemp("overflow-model"))
 
 
 def _read_lines(path):
