@@ -548,8 +548,8 @@ class KafkaSource:
         """Pause newly assigned partitions between :meth:`pause` and :meth:`resume`; called by the rebalance listener.
 
         kafka-python 3.0.12 gives a newly assigned partition an unpaused state. Pausing it
-        only after its first fetch is not enough: the fetcher can then set aside the parsed
-        records of two paused partitions, and after the resume it goes back to only one of
+        only after its first fetch is not enough. The fetcher can then set aside the parsed
+        records of two paused partitions. After the resume it goes back to only one of
         them, so the other is never fetched again (read in kafka/consumer/fetcher.py,
         ``_paused_partition_records``, and reproduced on Tansu 0.6).
         """

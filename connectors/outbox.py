@@ -6,8 +6,8 @@ and, once delivered, ``delivered_at``. A row with ``delivered_at IS NULL`` is pe
 that fails for good moves to table ``dead_letters`` with its last error and keeps its id, so
 a retry puts it back at its place in the delivery order.
 
-``UNIQUE(endpoint, alert_id, sequence)`` in both tables makes adding an event idempotent: the
-daemon delivers at least once and its events are deterministic, so the events that it
+``UNIQUE(endpoint, alert_id, sequence)`` in both tables makes adding an event idempotent. The
+daemon delivers at least once and its events are deterministic. So the events that it
 re-emits after a crash are ignored here instead of being delivered twice, until the
 delivered or dead rows are purged.
 

@@ -3,7 +3,7 @@
 :class:`DaemonMetrics` keeps the daemon's metrics in a ``prometheus_client`` registry of its
 own. The stream runner hands it the loop's state after every poll
 (:meth:`DaemonMetrics.observe_loop`), and the status server (``connectors.http_status``)
-renders it in the Prometheus text exposition format 0.0.4 and asks it for the health check
+renders it in the Prometheus text exposition format 0.0.4 and calls its health check
 from its own threads. prometheus_client's metrics are thread-safe, and the few plain
 attributes shared with those threads are replaced whole, never mutated in place.
 """
