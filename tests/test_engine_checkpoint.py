@@ -1,5 +1,10 @@
 """Engine snapshots, the partition checkpoint store and the checkpointer, without Kafka."""
 
+import os
+import socket
+import subprocess
+import sys
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -131,11 +136,40 @@ def test_store_missing_partition_is_none(tmp_path):
     assert CheckpointStore(tmp_path).read("metrics", 3) is None
 
 
-def test_store_removes_leftover_temporary_files(tmp_path):
-    leftover = tmp_path / ".metrics.0.npz.1234.tmp"
+def _finished_pid():
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
+
+
+def test_store_removes_temporary_files_of_finished_writers(tmp_path):
+    host = socket.gethostname()
+    leftover = tmp_path / f".metrics.0.npz.{host}-{_finished_pid()}.tmp"
     leftover.write_bytes(b"partial")
     CheckpointStore(tmp_path)
     assert not leftover.exists()
+
+
+def test_store_keeps_temporary_files_of_live_writers(tmp_path):
+    # A second instance of the consumer group opens the shared directory while the first
+    # one writes the checkpoints of its revoked partitions.
+    live = tmp_path / f".metrics.0.npz.{socket.gethostname()}-{os.getpid()}.tmp"
+    other_host = tmp_path / f".metrics.1.npz.other-host.example-{_finished_pid()}.tmp"
+    for path in (live, other_host):
+        path.write_bytes(b"partial")
+    CheckpointStore(tmp_path)
+    assert live.exists() and other_host.exists()
+
+
+def test_store_removes_temporary_files_older_than_an_hour(tmp_path):
+    old = tmp_path / ".metrics.1.npz.other-host.example-1234.tmp"
+    old.write_bytes(b"partial")
+    two_hours_ago = time.time() - 7200
+    os.utime(old, (two_hours_ago, two_hours_ago))
+    CheckpointStore(tmp_path)
+    assert not old.exists()
+
+
 
 
 def test_store_rejects_corrupt_file(tmp_path):

@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import re
+import socket
 import time
 import zipfile
 from dataclasses import dataclass
@@ -37,6 +38,12 @@ logger = logging.getLogger(__name__)
 FORMAT_VERSION = 1
 _META_KEY = "__meta__"
 _TEMPORARY_SUFFIX = ".tmp"
+# A temporary file is named after its writer, ".<file>.<host>-<pid>.tmp", so that a store
+# opened by another instance on a shared directory leaves live writes alone.
+_TEMPORARY_WRITER = re.compile(r"^\..+\.npz\.(?P<host>.+)-(?P<pid>\d+)\.tmp$")
+# A temporary file this old is left by a crash even when its writer cannot be checked:
+# a write takes milliseconds.
+_STALE_TEMPORARY_AGE_S = 3600.0
 # Kafka topic names contain only ASCII letters, digits, '.', '_' and '-'.
 _TOPIC_PATTERN = re.compile(r"^[A-Za-z0-9._-]+$")
 
@@ -59,15 +66,19 @@ class CheckpointStore:
 
     A write goes to a temporary file, which is fsynced and renamed over the old file with
     ``os.replace``, and then the directory is fsynced. A crash at any point therefore
-    leaves either the old or the new checkpoint, never a partial one. Temporary files
-    left by a crash are removed when the store is opened.
+    leaves either the old or the new checkpoint, never a partial one.
+
+    Several instances of a consumer group may share the directory. Opening a store
+    removes only the temporary files that a crash left: those written on this host by a
+    process that no longer runs, and those older than an hour.
     """
 
     def __init__(self, directory: str | Path) -> None:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         for leftover in self.directory.glob(f".*{_TEMPORARY_SUFFIX}"):
-            leftover.unlink(missing_ok=True)
+            if _is_stale_temporary(leftover):
+                leftover.unlink(missing_ok=True)
 
     def path(self, topic: str, partition: int) -> Path:
         """Return the file of ``topic`` and ``partition``."""
@@ -79,7 +90,7 @@ class CheckpointStore:
         """Write the checkpoint of a partition atomically and return its path."""
         path = self.path(topic, partition)
         data = encode_checkpoint(topic, partition, offset, state)
-        temporary = self.directory / f".{path.name}.{os.getpid()}{_TEMPORARY_SUFFIX}"
+        temporary = self.directory / f".{path.name}.{socket.gethostname()}-{os.getpid()}{_TEMPORARY_SUFFIX}"
         with open(temporary, "wb") as file:
             file.write(data)
             file.flush()
@@ -154,6 +165,32 @@ def decode_checkpoint(data: bytes, source: str) -> PartitionCheckpoint:
         written_at=float(meta["written_at"]),
         state=EngineState(meta["engine"], arrays),
     )
+
+
+def _is_stale_temporary(path: Path) -> bool:
+    """Return whether the temporary checkpoint file ``path`` was left by a crashed writer."""
+    try:
+        age_s = time.time() - path.stat().st_mtime
+    except FileNotFoundError:
+        return False
+    if age_s > _STALE_TEMPORARY_AGE_S:
+        return True
+
+    writer = _TEMPORARY_WRITER.match(path.name)
+    if writer is None or writer["host"] != socket.gethostname():
+        return False
+    return not _process_runs(int(writer["pid"]))
+
+
+def _process_runs(pid: int) -> bool:
+    """Return whether a process with ``pid`` runs on this host (signal 0 checks, sends nothing)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _fsync_directory(directory: Path) -> None:
