@@ -142,7 +142,7 @@ def _finished_pid():
     return process.pid
 
 
-def test_store_removes_temporary_files_of_finished_writers(tmp_path):
+def test_store_removes_finished_writer_files(tmp_path):
     host = socket.gethostname()
     leftover = tmp_path / f".metrics.0.npz.{host}-{_finished_pid()}.tmp"
     leftover.write_bytes(b"partial")
@@ -150,7 +150,7 @@ def test_store_removes_temporary_files_of_finished_writers(tmp_path):
     assert not leftover.exists()
 
 
-def test_store_keeps_temporary_files_of_live_writers(tmp_path):
+def test_store_keeps_live_writer_files(tmp_path):
     # A second instance of the consumer group opens the shared directory while the first
     # one writes the checkpoints of its revoked partitions.
     live = tmp_path / f".metrics.0.npz.{socket.gethostname()}-{os.getpid()}.tmp"
@@ -158,10 +158,11 @@ def test_store_keeps_temporary_files_of_live_writers(tmp_path):
     for path in (live, other_host):
         path.write_bytes(b"partial")
     CheckpointStore(tmp_path)
-    assert live.exists() and other_host.exists()
+    assert live.exists()
+    assert other_host.exists()
 
 
-def test_store_removes_temporary_files_older_than_an_hour(tmp_path):
+def test_store_removes_hour_old_files(tmp_path):
     old = tmp_path / ".metrics.1.npz.other-host.example-1234.tmp"
     old.write_bytes(b"partial")
     two_hours_ago = time.time() - 7200

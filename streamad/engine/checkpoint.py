@@ -41,8 +41,8 @@ _TEMPORARY_SUFFIX = ".tmp"
 # A temporary file is named after its writer, ".<file>.<host>-<pid>.tmp", so that a store
 # opened by another instance on a shared directory leaves live writes alone.
 _TEMPORARY_WRITER = re.compile(r"^\..+\.npz\.(?P<host>.+)-(?P<pid>\d+)\.tmp$")
-# A temporary file this old is left by a crash even when its writer cannot be checked:
-# a write takes milliseconds.
+# A temporary file older than this was left by a crash, even when its writer cannot be
+# checked, because a write takes milliseconds.
 _STALE_TEMPORARY_AGE_S = 3600.0
 # Kafka topic names contain only ASCII letters, digits, '.', '_' and '-'.
 _TOPIC_PATTERN = re.compile(r"^[A-Za-z0-9._-]+$")
