@@ -166,12 +166,13 @@ def derive_window_seed(seed: int, series: str, position: int) -> int:
     if not isinstance(series, str):
         raise ValueError(f"series={series!r} is invalid; pass the series id as a string")
 
-    digest = hashlib.blake2b(digest_size=8, person=_WINDOW_SEED_PERSON)
+    payload = bytearray()
     for field in (str(int(seed)), series, str(int(position))):
         encoded = field.encode("utf-8")
-        digest.update(len(encoded).to_bytes(8, "little"))
-        digest.update(encoded)
-    return int.from_bytes(digest.digest(), "little")
+        payload += len(encoded).to_bytes(8, "little")
+        payload += encoded
+    digest = hashlib.blake2b(payload, digest_size=8, person=_WINDOW_SEED_PERSON).digest()
+    return int.from_bytes(digest, "little")
 
 
 def _posterior_draws(model, x, samples, generator, window_seeds, memory_budget_mb):
@@ -209,7 +210,7 @@ def _window_noise(window_seeds: list[int], samples: int, mu: torch.Tensor) -> to
     batch, latent = mu.shape
     noise = torch.empty((batch, samples, latent), dtype=mu.dtype)
     generator = torch.Generator()
-    for row, seed in zip(noise, window_seeds):
+    for row, seed in zip(noise.unbind(0), window_seeds):
         generator.manual_seed(seed)
         row.normal_(generator=generator)
     return noise.transpose(0, 1).contiguous().to(mu.device)

@@ -73,11 +73,10 @@ def validate_generator(value: object) -> torch.Generator | None:
 
 
 def validate_window_seeds(value: object, batch: int, generator: torch.Generator | None) -> list[int] | None:
-    """Return ``value`` as a list of ``batch`` integers in ``[0, 2**64)``, or None for None, else raise ``ValueError``.
+    """Convert the ``batch`` seeds in ``value``, a sequence, 1-D tensor or array, to a list of ints, keeping None.
 
-    ``value`` may be a sequence of integers or a 1-D integer tensor or array. A ``generator``
-    other than None together with seeds also raises, because only one of them can be the
-    source of the draws.
+    Raises ``ValueError`` for another length, a seed outside ``[0, 2**64)``, or seeds
+    together with a ``generator``, because only one of them can be the source of the draws.
     """
     if value is None:
         return None
