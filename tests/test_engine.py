@@ -213,8 +213,8 @@ def test_engine_drops_window_with_non_finite_score(bundle, monkeypatch, caplog):
     engine = StreamEngine(bundle)
     original = engine._score
 
-    def score_with_one_nan(batch):
-        scores = original(batch).copy()
+    def score_with_one_nan(batch, window_seeds):
+        scores = original(batch, window_seeds).copy()
         scores[5] = np.inf
         return scores
 
@@ -234,10 +234,10 @@ def test_engine_survives_scorer_error(bundle, monkeypatch):
     engine = StreamEngine(bundle)
     original = engine._score
 
-    def failing_for_batches(batch):
+    def failing_for_batches(batch, window_seeds):
         if len(batch) > 1:
             raise RuntimeError("linalg.svd: the algorithm failed to converge")
-        return original(batch)
+        return original(batch, window_seeds)
 
     monkeypatch.setattr(engine, "_score", failing_for_batches)
     result = engine.process(_records(series))

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from streamad.models import ConvVAE, DenseVAE
-from streamad.scores import SCORE_NAMES, channel_contributions, likelihood_terms, score_windows
+from streamad.scores import SCORE_NAMES, channel_contributions, derive_window_seed, likelihood_terms, score_windows
 from streamad.scores.jacobian import decoder_jacobian, encoder_jacobian
 from streamad.scores.latent import map_latent
 from streamad.scores.linalg import SINGULAR_VALUE_FLOOR, log_det_capacitance, log_det_gram
@@ -182,6 +182,118 @@ def test_sampling_scores_reproducible(name):
     assert not torch.allclose(other_seed, first)
 
 
+def _scores_from_draws(model, x, name, noise):
+    """Compute the ``elbo`` or ``importance`` score from the standard normal draws ``noise`` (K, B, d) with torch.distributions."""
+    normal = torch.distributions.Normal
+    with torch.no_grad():
+        mu, logvar = model.encode(x)
+        std = torch.exp(0.5 * logvar)
+        z = mu + std * noise
+        samples, batch, latent = z.shape
+        mean = model.decode(z.reshape(-1, latent)).reshape(samples, batch, model.window, model.channels)
+        log_likelihood = normal(mean, model.noise_var().sqrt()).log_prob(x).sum(dim=(-2, -1))
+        if name == "elbo":
+            kl = torch.distributions.kl_divergence(normal(mu, std), normal(0.0, 1.0)).sum(dim=-1)
+            return kl - log_likelihood.mean(dim=0)
+        log_weights = log_likelihood + normal(0.0, 1.0).log_prob(z).sum(dim=-1) - normal(mu, std).log_prob(z).sum(dim=-1)
+        return -(torch.logsumexp(log_weights, dim=0) - math.log(samples))
+
+
+@pytest.mark.parametrize("name", ["elbo", "importance"])
+def test_generator_draws_whole_batch(name):
+    model = make_dense()
+    x = make_windows(model, 4)
+
+    score = score_windows(model, x, name, samples=8, generator=torch.Generator().manual_seed(7))
+
+    noise = torch.randn((8, 4, model.latent), generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    assert torch.allclose(score, _scores_from_draws(model, x, name, noise), rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("name", ["elbo", "importance"])
+def test_window_seeds_draw_from_each_seed(name):
+    model = make_dense()
+    x = make_windows(model, 3)
+    seeds = [derive_window_seed(0, "pump", position) for position in range(3)]
+
+    score = score_windows(model, x, name, samples=8, window_seeds=seeds)
+
+    noise = torch.stack(
+        [torch.randn((8, model.latent), generator=torch.Generator().manual_seed(seed), dtype=torch.float64) for seed in seeds],
+        dim=1,
+    )
+    assert torch.allclose(score, _scores_from_draws(model, x, name, noise), rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("name", ["elbo", "importance"])
+def test_window_seeds_independent_of_batch(name):
+    model = make_dense()
+    x = make_windows(model, 5)
+    seeds = [derive_window_seed(3, "pump", position) for position in range(5)]
+    reverse = list(range(4, -1, -1))
+
+    together = score_windows(model, x, name, samples=8, window_seeds=seeds)
+    reversed_order = score_windows(model, x[reverse], name, samples=8, window_seeds=[seeds[i] for i in reverse])
+    one_by_one = torch.cat([score_windows(model, x[i : i + 1], name, samples=8, window_seeds=seeds[i : i + 1]) for i in range(5)])
+    chunked = score_windows(model, x, name, samples=8, window_seeds=seeds, memory_budget_mb=1e-9)
+    # An int64 tensor stores only seeds below 2**63, so both calls take the seeds halved.
+    from_tensor = score_windows(model, x, name, samples=8, window_seeds=torch.tensor([seed >> 1 for seed in seeds]))
+    halved_seeds = score_windows(model, x, name, samples=8, window_seeds=[seed >> 1 for seed in seeds])
+
+    assert torch.allclose(reversed_order, together[reverse], rtol=0, atol=1e-12)
+    assert torch.allclose(one_by_one, together, rtol=0, atol=1e-12)
+    assert torch.allclose(chunked, together, rtol=0, atol=1e-12)
+    assert torch.equal(from_tensor, halved_seeds)
+
+
+@pytest.mark.parametrize("name", ["elbo", "importance"])
+def test_window_seeds_separate_equal_windows(name):
+    model = make_dense()
+    x = make_windows(model, 1).expand(3, -1, -1)
+    first, second = derive_window_seed(0, "pump", 10), derive_window_seed(0, "pump", 11)
+
+    score = score_windows(model, x, name, samples=8, window_seeds=[first, first, second])
+
+    assert score[0].item() == score[1].item()
+    assert abs(score[2].item() - score[0].item()) > 1e-6
+
+
+def test_window_seed_stable_value():
+    # A changed derivation re-draws every window, and instances of two releases then disagree.
+    assert derive_window_seed(0, "pump-7", 1_700_000_000_000) == 1899582018196546100
+
+
+def test_window_seed_depends_on_each_field():
+    base = derive_window_seed(0, "a", 12)
+    others = [
+        derive_window_seed(1, "a", 12),
+        derive_window_seed(0, "b", 12),
+        derive_window_seed(0, "a", 13),
+        derive_window_seed(0, "a1", 2),
+        derive_window_seed(-1, "a", 12),
+    ]
+
+    assert 0 <= base < 2**64
+    assert all(0 <= seed < 2**64 for seed in others)
+    assert len(set(others + [base])) == len(others) + 1
+
+
+@pytest.mark.parametrize(
+    "arguments, fragment",
+    [
+        ((0.5, "a", 1), "seed=0.5"),
+        ((True, "a", 1), "seed=True"),
+        ((0, 7, 1), "series=7"),
+        ((0, "a", "12"), "position='12'"),
+    ],
+)
+def test_window_seed_invalid_input(arguments, fragment):
+    with pytest.raises(ValueError) as error:
+        derive_window_seed(*arguments)
+
+    assert fragment in str(error.value)
+
+
 # MAP search
 
 
@@ -323,6 +435,12 @@ def test_log_det_capacitance_rank_deficient_finite():
         ("elbo", {"samples": 0}, "samples=0"),
         ("importance", {"samples": "many"}, "'many'"),
         ("importance", {"generator": 3}, "generator=3"),
+        ("elbo", {"window_seeds": [1]}, "1 seeds for 2 windows"),
+        ("elbo", {"window_seeds": 5}, "window_seeds=5"),
+        ("importance", {"window_seeds": [0, -1]}, "window_seeds[1]=-1"),
+        ("importance", {"window_seeds": [0, 2**64]}, "window_seeds[1]=18446744073709551616"),
+        ("elbo", {"window_seeds": [0, 1.0]}, "window_seeds[1]=1.0"),
+        ("elbo", {"window_seeds": [0, 1], "generator": torch.Generator()}, "both set"),
         ("elbo", {"form": "laplace"}, "'form'"),
         ("reconstruction", {"z_star": "map"}, "'z_star'"),
     ],

@@ -17,7 +17,7 @@ from streamad.data import StandardScaler, format_timestamp
 from streamad.engine.buffers import SeriesBuffers
 from streamad.engine.incidents import IncidentEvent, IncidentTracker
 from streamad.records import Record
-from streamad.scores import SCORE_NAMES, score_windows
+from streamad.scores import SCORE_NAMES, derive_window_seed, score_windows
 from streamad.thresholds import AdaptiveThreshold, ScoreCalibrator
 
 logger = logging.getLogger(__name__)
@@ -58,7 +58,12 @@ class EngineConfig:
     has_clock
         True when timestamps are epoch milliseconds; False for step indexes.
     seed
-        Seed of the samples drawn by the ``elbo`` and ``importance`` scores.
+        Seed of the samples drawn by the ``elbo`` and ``importance`` scores. The draws of a
+        window come from a 64-bit seed derived from this seed, the series id and the
+        timestamp of the window's last point (see
+        :func:`~streamad.scores.sampling.derive_window_seed`). So a window gets the same
+        score whatever the batching, after a restore from a checkpoint or a model reload,
+        and on every instance, as long as the model is the same.
     per_series_threshold
         One threshold quantile per series (True) or one shared by all series (False).
         Only per-series thresholds make a series' results independent of how its
@@ -171,6 +176,12 @@ class StreamEngine:
                 f"model bundle {bundle.path} has no validation scores for {self.config.score!r}; retrain it "
                 f"with this score or pick one of {sorted(bundle.validation_scores)}"
             )
+        for option in ("generator", "window_seeds"):
+            if option in self.config.score_options:
+                raise ValueError(
+                    f"score option {option!r} is invalid in the engine, which derives the draws of each window "
+                    "from EngineConfig.seed, the series id and the window's end timestamp; set seed instead"
+                )
 
         self.model = bundle.model.eval()
         self.channel_names = bundle.channels
@@ -202,7 +213,6 @@ class StreamEngine:
             self.config.labels,
             self.config.annotations,
         )
-        self.generator = torch.Generator().manual_seed(self.config.seed)
         self.stats: Counter = Counter()
 
     def process(self, records: Sequence[Record]) -> EngineResult:
@@ -294,8 +304,8 @@ class StreamEngine:
 
         A series the engine has not seen gets the state of a new series. The shared
         threshold quantile, used when ``per_series_threshold`` is False, is included when
-        ``include_shared_threshold`` is True. The state of the ``elbo`` and ``importance``
-        samplers is not included.
+        ``include_shared_threshold`` is True. The ``elbo`` and ``importance`` scores keep no
+        sampler state, because each window's draws derive from its series and end timestamp.
         """
         series_ids = list(series_ids)
         slots = [self.buffers.slot(series) for series in series_ids]
@@ -446,18 +456,21 @@ class StreamEngine:
     def _score_or_nan(self, batch: torch.Tensor, window_records: list[Record]) -> np.ndarray:
         """Score ``batch``; when the batch raises, score window by window and give NaN to each one that raises.
 
-        Scoring one by one draws other samples for the ``elbo`` and ``importance`` scores than
-        one batch would, so their scores of that batch differ from an undisturbed run.
+        Window ``i`` of ``batch`` ends at ``window_records[i]``. Each window's ``elbo`` and
+        ``importance`` draws depend only on that record, so scoring one by one gives the
+        same scores as one batch, up to float rounding.
         """
+        seeds = self._window_seeds(window_records)
         try:
-            return self._score(batch)
+            return self._score(batch, seeds)
         except (ValueError, RuntimeError) as error:
             logger.error("scoring a batch of %d windows failed, so they are scored one by one: %s", len(batch), error)
         scores = np.full(len(batch), np.nan)
         failures = []
         for position in range(len(batch)):
             try:
-                scores[position] = self._score(batch[position : position + 1])[0]
+                window_seeds = None if seeds is None else seeds[position : position + 1]
+                scores[position] = self._score(batch[position : position + 1], window_seeds)[0]
             except (ValueError, RuntimeError) as error:
                 failures.append((window_records[position], error))
         if failures:
@@ -468,10 +481,16 @@ class StreamEngine:
             )
         return scores
 
-    def _score(self, batch: torch.Tensor) -> np.ndarray:
+    def _window_seeds(self, window_records: list[Record]) -> list[int] | None:
+        """Return the seed of each window's draws for the ``elbo`` and ``importance`` scores, else None."""
+        if self.config.score not in STOCHASTIC_SCORES:
+            return None
+        return [derive_window_seed(self.config.seed, record.series, record.timestamp) for record in window_records]
+
+    def _score(self, batch: torch.Tensor, window_seeds: list[int] | None) -> np.ndarray:
         options = dict(self.config.score_options)
-        if self.config.score in STOCHASTIC_SCORES:
-            options.setdefault("generator", self.generator)
+        if window_seeds is not None:
+            options["window_seeds"] = window_seeds
         return score_windows(self.model, batch, self.config.score, **options).cpu().numpy()
 
     def _event_dicts(self, incident_events: list[tuple[IncidentEvent, int]], batch: torch.Tensor) -> list[dict]:

@@ -26,7 +26,7 @@ from streamad.models.base import WindowVAE
 from streamad.scores.attribution import channel_contributions
 from streamad.scores.likelihood import LikelihoodTerms, likelihood_score, likelihood_terms
 from streamad.scores.reconstruction import reconstruction_score
-from streamad.scores.sampling import elbo_score, importance_score
+from streamad.scores.sampling import derive_window_seed, elbo_score, importance_score
 from streamad.scores.validation import validate_choice, validate_option_names
 
 SCORE_NAMES = ("likelihood", "reconstruction", "elbo", "importance")
@@ -56,7 +56,8 @@ def score_windows(model: WindowVAE, x: torch.Tensor, name: str = "likelihood", *
         :func:`~streamad.scores.likelihood.likelihood_terms` (``z_star``, ``map_steps``,
         ``form``, ``jacobian_weight``, ``jacobian``, ``memory_budget_mb``).
         ``elbo`` and ``importance`` take ``samples`` (defaults 16 and 64), ``generator``
-        and ``memory_budget_mb``. ``reconstruction`` takes none.
+        or ``window_seeds`` (see :func:`~streamad.scores.sampling.elbo_score`) and
+        ``memory_budget_mb``. ``reconstruction`` takes none.
 
     Returns
     -------
@@ -85,6 +86,7 @@ __all__ = [
     "SCORE_NAMES",
     "LikelihoodTerms",
     "channel_contributions",
+    "derive_window_seed",
     "elbo_score",
     "importance_score",
     "likelihood_score",

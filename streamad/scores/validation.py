@@ -72,6 +72,34 @@ def validate_generator(value: object) -> torch.Generator | None:
     return value
 
 
+def validate_window_seeds(value: object, batch: int, generator: torch.Generator | None) -> list[int] | None:
+    """Convert the ``batch`` seeds in ``value``, a sequence, 1-D tensor or array, to a list of ints, keeping None.
+
+    Raises ``ValueError`` for another length, a seed outside ``[0, 2**64)``, or seeds
+    together with a ``generator``, because only one of them can be the source of the draws.
+    """
+    if value is None:
+        return None
+    if generator is not None:
+        raise ValueError(
+            "generator and window_seeds are both set; pass window_seeds for draws that depend only on each "
+            "window, or generator for draws of the whole batch, not both"
+        )
+    if hasattr(value, "__array__"):
+        # A torch tensor or a NumPy array.
+        value = value.tolist()
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+        raise ValueError(f"window_seeds={value!r} is invalid; pass one integer seed per window")
+    if len(value) != batch:
+        raise ValueError(f"window_seeds has {len(value)} seeds for {batch} windows; pass one seed per window")
+    seeds = []
+    for index, seed in enumerate(value):
+        if isinstance(seed, bool) or not isinstance(seed, Integral) or not 0 <= seed < 2**64:
+            raise ValueError(f"window_seeds[{index}]={seed!r} is invalid; use an integer in [0, 2**64)")
+        seeds.append(int(seed))
+    return seeds
+
+
 def validate_option_names(score: str, options: dict, valid: Sequence[str]) -> None:
     """Raise ``ValueError`` if ``options`` contains a name that the score ``score`` does not take."""
     unknown = sorted(set(options) - set(valid))
