@@ -20,7 +20,11 @@ logger = logging.getLogger(__name__)
 
 
 def load_file_series(
-    path: str | Path, out_of_order: str = "drop", channels: list[str] | None = None, on_invalid_line=None
+    path: str | Path,
+    out_of_order: str = "drop",
+    channels: list[str] | None = None,
+    on_invalid_line=None,
+    on_out_of_order=None,
 ) -> list[Series]:
     """Load every series of a data file: one for CSV and ``.npy``, one or more for JSON lines.
 
@@ -30,12 +34,15 @@ def load_file_series(
     ``channels`` selects channels by name (CSV column names, or positions ``"0"``, ``"1"``, ...
     for ``.npy`` files), e.g. the channels a model bundle was trained on.
     ``on_invalid_line`` skips invalid lines of a JSON lines file, see
-    :func:`~streamad.data.load_series_collection`.
+    :func:`~streamad.data.load_series_collection`, and ``on_out_of_order`` gets each dropped
+    row, see :func:`~streamad.data.load_series`.
     """
     path = Path(path)
     if path.suffix.lower() in (".jsonl", ".ndjson", ".json"):
-        return load_series_collection(path, channels=channels, out_of_order=out_of_order, on_invalid_line=on_invalid_line)
-    return [load_series(path, channels=channels, out_of_order=out_of_order)]
+        return load_series_collection(
+            path, channels=channels, out_of_order=out_of_order, on_invalid_line=on_invalid_line, on_out_of_order=on_out_of_order
+        )
+    return [load_series(path, channels=channels, out_of_order=out_of_order, on_out_of_order=on_out_of_order)]
 
 
 class FileReplaySource(SeriesSource):

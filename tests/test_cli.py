@@ -1,6 +1,7 @@
 """The `streamad` command line on real data: help, train, replay, evaluate, errors, demo."""
 
 import base64
+import copy
 import csv
 import json
 import logging
@@ -349,3 +350,117 @@ def test_cli_model_folder_read_as_versions(tmp_path, capsys):
     assert f"{str(folder)!r} has no bundle files, so it was read as a directory of model versions" in error
     assert "current version 'out' (chosen as the subdirectory saved last)" in error
     assert "model.pt is missing" in error
+
+
+@pytest.fixture(scope="module")
+def machine_model(small_machine_bundle, tmp_path_factory):
+    """The session's small machine-temperature model, saved for ``streamad replay``."""
+    from streamad.bundle import save_bundle
+
+    directory = tmp_path_factory.mktemp("machine-model")
+    save_bundle(copy.deepcopy(small_machine_bundle), directory)
+    return directory
+
+
+def _machine_rows(first=4000, count=300):
+    """Return (timestamp text, value text) of rows of NAB's machine-temperature file, after its training span."""
+    lines = require(MACHINE_TEMPERATURE).read_text().splitlines()
+    return [tuple(line.split(",")) for line in lines[1 + first : 1 + first + count]]
+
+
+def _late_rows(rows):
+    """Return the rows with a repeated and an earlier timestamp inserted, and their (index, reason) in the result."""
+    late = list(rows)
+    late.insert(101, (rows[100][0], "150.0"))
+    late.insert(202, (rows[150][0], "0.0"))
+    return late, [(101, "duplicate_timestamp"), (202, "timestamp_not_increasing")]
+
+
+def _row_texts(rows, data_format):
+    """Return the line of each row in a CSV or a JSON-lines file."""
+    if data_format == "csv":
+        return [f"{timestamp},{value}" for timestamp, value in rows]
+    return [json.dumps({"timestamp": timestamp.replace(" ", "T") + "Z", "value": float(value)}) for timestamp, value in rows]
+
+
+def _write_rows(path, rows, data_format):
+    """Write rows as CSV or JSON lines. Return the text of each row and the line number of the first row."""
+    texts = _row_texts(rows, data_format)
+    header = ["timestamp,value"] if data_format == "csv" else []
+    path.write_text("\n".join(header + texts) + "\n")
+    return texts, 1 + len(header)
+
+
+def _replay(model, data, out, dead_letters=None):
+    out.mkdir()
+    argv = ["replay", "--model", str(model), "--data", str(data), "--scores", str(out / "scores.csv"), "--alerts", str(out / "alerts.jsonl")]
+    if dead_letters is not None:
+        argv += ["--dead-letter", str(dead_letters)]
+    assert main(argv) == 0
+    return (out / "scores.csv").read_text(), (out / "alerts.jsonl").read_text()
+
+
+@pytest.mark.parametrize("data_format", ["csv", "jsonl"])
+def test_cli_replay_dead_letters_late_rows(machine_model, tmp_path, capsys, data_format):
+    rows = _machine_rows()
+    late, bad = _late_rows(rows)
+    # Both files have the stem "machine", so that the series ids in the scores are equal.
+    (tmp_path / "ordered").mkdir()
+    (tmp_path / "late").mkdir()
+    ordered_path = tmp_path / "ordered" / f"machine.{data_format}"
+    late_path = tmp_path / "late" / f"machine.{data_format}"
+    _write_rows(ordered_path, rows, data_format)
+    texts, first_line = _write_rows(late_path, late, data_format)
+    dead_letters = tmp_path / "dead.jsonl"
+
+    ordered_scores, ordered_alerts = _replay(machine_model, ordered_path, tmp_path / "ordered-out")
+    capsys.readouterr()
+    late_scores, late_alerts = _replay(machine_model, late_path, tmp_path / "late-out", dead_letters)
+
+    assert len(ordered_scores.splitlines()) == 1 + len(rows) - 31
+    assert late_scores == ordered_scores
+    assert late_alerts == ordered_alerts
+    entries = [json.loads(line) for line in dead_letters.read_text().splitlines()]
+    assert [entry["offset"] for entry in entries] == [index + first_line for index, _ in bad]
+    for entry, (index, reason) in zip(entries, bad):
+        assert entry["reason"] == reason
+        assert entry["topic"] == str(late_path)
+        assert entry["partition"] == 0
+        assert base64.b64decode(entry["raw_base64"]).decode() == texts[index]
+        assert f"line {entry['offset']}: series 'machine'" in entry["message"]
+    summary = capsys.readouterr().out
+    assert "0 invalid lines skipped" in summary
+    assert "rejected 1 records: duplicate_timestamp" in summary
+    assert "rejected 1 records: timestamp_not_increasing" in summary
+
+
+def test_cli_replay_dead_letters_follow_file_order(machine_model, tmp_path, capsys):
+    texts = _row_texts(_machine_rows(count=60), "jsonl")
+    lines = texts[:10] + ["{not json"] + texts[10:20] + [texts[5]] + texts[20:]
+    data = tmp_path / "machine.jsonl"
+    data.write_text("\n".join(lines) + "\n")
+    dead_letters = tmp_path / "dead.jsonl"
+
+    _replay(machine_model, data, tmp_path / "out", dead_letters)
+
+    entries = [json.loads(line) for line in dead_letters.read_text().splitlines()]
+    assert [(entry["offset"], entry["reason"]) for entry in entries] == [(11, "invalid_json"), (22, "timestamp_not_increasing")]
+    assert "1 invalid lines skipped" in capsys.readouterr().out
+
+
+def test_cli_replay_dead_letters_nab_late_rows(machine_model, tmp_path, capsys):
+    lines = require(MACHINE_TEMPERATURE).read_text().splitlines()
+    dead_letters = tmp_path / "dead.jsonl"
+
+    _replay(machine_model, MACHINE_TEMPERATURE, tmp_path / "out", dead_letters)
+
+    # The file repeats 02:00 to 02:55 on 2014-01-07 after 02:55, on lines 10151 to 10162.
+    entries = [json.loads(line) for line in dead_letters.read_text().splitlines()]
+    assert [entry["offset"] for entry in entries] == list(range(10151, 10163))
+    assert [entry["reason"] for entry in entries] == ["timestamp_not_increasing"] * 11 + ["duplicate_timestamp"]
+    assert [base64.b64decode(entry["raw_base64"]).decode() for entry in entries] == lines[10150:10162]
+    assert {entry["topic"] for entry in entries} == {str(MACHINE_TEMPERATURE)}
+    assert "timestamp 2014-01-07T02:55:00Z is not after the latest earlier timestamp 2014-01-07T02:55:00Z" in entries[-1]["message"]
+    summary = capsys.readouterr().out
+    assert "rejected 1 records: duplicate_timestamp" in summary
+    assert "rejected 11 records: timestamp_not_increasing" in summary

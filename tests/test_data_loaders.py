@@ -5,11 +5,13 @@ from __future__ import annotations
 import gzip
 import json
 import logging
+import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from shared_data import MACHINE_TEMPERATURE, require
 from streamad.data import load_series, load_series_collection, parse_timestamp
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -265,6 +267,81 @@ def test_csv_drop_keeps_first_of_duplicates(tmp_path):
     assert series.values[:, 0].tolist() == [1.0, 2.0, 5.0]
 
 
+def test_csv_drop_reports_rows(tmp_path):
+    # Line 2 is blank, line 5 is whitespace, and the quoted note of line 3 spans line 4.
+    text = (
+        "timestamp,v,note\n"
+        "\n"
+        '2024-01-01 00:00:00,1,"two\nlines"\n'
+        "2024-01-01 00:02:00,2,ok\n"
+        "   \n"
+        "2024-01-01 00:02:00,3,repeated\n"
+        ' 2024-01-01 00:01:00 , 4 , "back"\n'
+        "2024-01-01 00:03:00,5,ok\n"
+    )
+    path = write(tmp_path / "t.csv", text)
+    rows = []
+
+    series = load_series(path, channels=["v"], out_of_order="drop", on_out_of_order=rows.append)
+
+    assert series.values[:, 0].tolist() == [1.0, 2.0, 5.0]
+    latest = parse_timestamp("2024-01-01 00:02:00")
+    assert [row.line_number for row in rows] == [7, 8]
+    assert [row.line for row in rows] == ["2024-01-01 00:02:00,3,repeated", ' 2024-01-01 00:01:00 , 4 , "back"']
+    assert [row.timestamp for row in rows] == [latest, parse_timestamp("2024-01-01 00:01:00")]
+    assert [row.latest_timestamp for row in rows] == [latest, latest]
+    assert {row.series_id for row in rows} == {"t"}
+
+
+def test_csv_drop_reports_rows_of_gzip(tmp_path):
+    path = tmp_path / "t.csv.gz"
+    with gzip.open(path, "wt", newline="") as handle:
+        handle.write("timestamp,v\r\n2024-01-02,1\r\n2024-01-01,2\r\n2024-01-03,3\r\n")
+    rows = []
+
+    load_series(path, out_of_order="drop", on_out_of_order=rows.append)
+
+    assert [(row.line_number, row.line) for row in rows] == [(3, "2024-01-01,2")]
+
+
+def test_csv_drop_from_zip_is_only_logged(tmp_path, caplog):
+    path = tmp_path / "t.csv.zip"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("t.csv", "timestamp,v\n2024-01-02,1\n2024-01-01,2\n2024-01-03,3\n")
+    rows = []
+
+    with caplog.at_level(logging.WARNING, logger="streamad.data.loaders"):
+        series = load_series(path, out_of_order="drop", on_out_of_order=rows.append)
+
+    assert series.values[:, 0].tolist() == [1.0, 3.0]
+    assert rows == []
+    assert "1 row(s) dropped for out-of-order timestamps are not passed to on_out_of_order" in caplog.text
+    assert "a .zip archive is not supported" in caplog.text
+
+
+def test_csv_ordered_file_reports_no_rows(tmp_path):
+    path = write(tmp_path / "t.csv", "timestamp,v\n2024-01-01,1\n2024-01-02,2\n")
+    rows = []
+
+    load_series(path, out_of_order="drop", on_out_of_order=rows.append)
+
+    assert rows == []
+
+
+def test_nab_drop_reports_rows():
+    path = require(MACHINE_TEMPERATURE)
+    lines = path.read_text().splitlines()
+    rows = []
+
+    load_series(path, out_of_order="drop", on_out_of_order=rows.append)
+
+    # 02:00 to 02:55 on 2014-01-07 come again after 02:55, on lines 10151 to 10162.
+    assert [row.line_number for row in rows] == list(range(10151, 10163))
+    assert [row.line for row in rows] == lines[10150:10162]
+    assert {row.latest_timestamp for row in rows} == {parse_timestamp("2014-01-07 02:55:00")}
+    assert [row.timestamp == row.latest_timestamp for row in rows] == [False] * 11 + [True]
+
+
 def test_invalid_out_of_order_policy(tmp_path):
     path = write(tmp_path / "t.csv", "timestamp,v\n2024-01-01,1\n")
 
@@ -499,6 +576,40 @@ def test_jsonl_duplicate_timestamp_raises(tmp_path):
 
     with pytest.raises(ValueError, match="line 2 repeats the timestamp .* of line 1"):
         load_series(path)
+
+
+def test_jsonl_drop_reports_rows_per_series(tmp_path):
+    lines = [
+        '{"series": "a", "timestamp": 5, "value": 1}',
+        '{"series": "b", "timestamp": 9, "value": 1}',
+        '{"series": "a", "timestamp": 5, "value": 2}',
+        "",
+        '{"series": "b", "timestamp": 3, "value": 2}',
+        '{"series": "a", "timestamp": 4, "value": 3}',
+        '{"series": "a", "timestamp": 6, "value": 4}',
+    ]
+    path = tmp_path / "t.jsonl"
+    path.write_bytes("".join(line + "\r\n" for line in lines).encode())
+    rows = []
+
+    collection = load_series_collection(path, out_of_order="drop", on_out_of_order=rows.append)
+
+    assert [item.values[:, 0].tolist() for item in collection] == [[1.0, 4.0], [1.0]]
+    by_line = {row.line_number: row for row in rows}
+    assert sorted(by_line) == [3, 5, 6]
+    assert [by_line[number].line for number in (3, 5, 6)] == [lines[2], lines[4], lines[5]]
+    assert [by_line[number].series_id for number in (3, 5, 6)] == ["a", "b", "a"]
+    assert [by_line[number].timestamp for number in (3, 5, 6)] == [5, 3, 4]
+    assert [by_line[number].latest_timestamp for number in (3, 5, 6)] == [5, 9, 5]
+
+
+def test_jsonl_raise_ignores_handler(tmp_path):
+    path = jsonl(tmp_path / "t.jsonl", [{"timestamp": 7, "value": 1}, {"timestamp": 7, "value": 2}])
+    rows = []
+
+    with pytest.raises(ValueError, match="line 2 repeats the timestamp"):
+        load_series(path, on_out_of_order=rows.append)
+    assert rows == []
 
 
 def test_jsonl_detected_by_content(tmp_path):

@@ -7,12 +7,15 @@ import logging
 import math
 import signal
 import threading
+from collections import Counter
 from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 
 from streamad.bundle import load_bundle, save_bundle
+from streamad.data import format_timestamp
+from streamad.data.loaders import OutOfOrderRow
 from streamad.engine import EngineConfig, StreamEngine, run_stream
 from streamad.engine.runner import dead_letter_entry
 from streamad.records import InvalidRecord, decode_record, warn_if_epoch_seconds
@@ -65,10 +68,16 @@ def _alert_options(args) -> dict:
     return options
 
 
-def _load_data(paths, channels: list[str] | None = None, invalid_lines: InvalidLines | None = None) -> list:
+def _load_data(
+    paths,
+    channels: list[str] | None = None,
+    invalid_lines: InvalidLines | None = None,
+    out_of_order_rows: OutOfOrderRows | None = None,
+) -> list:
     """Load the series of every data file, keeping only ``channels`` (by name) when given.
 
     With ``invalid_lines``, invalid lines of JSON-lines files are skipped and collected there.
+    With ``out_of_order_rows``, the rows dropped for their timestamps are collected there.
     """
     from connectors.files import load_file_series
 
@@ -77,11 +86,19 @@ def _load_data(paths, channels: list[str] | None = None, invalid_lines: InvalidL
         if not Path(path).is_file():
             raise UsageError(f"data file {path!r} not found; pass an existing CSV, .npy or JSON-lines file")
         handler = None if invalid_lines is None else invalid_lines.handler(path)
-        series_list.extend(load_file_series(path, channels=channels, on_invalid_line=handler))
+        dropped_handler = None if out_of_order_rows is None else out_of_order_rows.handler(path)
+        series_list.extend(
+            load_file_series(path, channels=channels, on_invalid_line=handler, on_out_of_order=dropped_handler)
+        )
     return series_list
 
 
-def _load_model_data(paths, model_channels: list[str], invalid_lines: InvalidLines | None = None) -> list:
+def _load_model_data(
+    paths,
+    model_channels: list[str],
+    invalid_lines: InvalidLines | None = None,
+    out_of_order_rows: OutOfOrderRows | None = None,
+) -> list:
     """Load data files for a model, selecting the model's channels by name.
 
     A file without channel names (``.npy``, JSON lines with a ``values`` list, whose
@@ -89,9 +106,9 @@ def _load_model_data(paths, model_channels: list[str], invalid_lines: InvalidLin
     matched by position, as ``streamad run`` matches Kafka records.
     """
     try:
-        return _load_data(paths, model_channels, invalid_lines)
+        return _load_data(paths, model_channels, invalid_lines, out_of_order_rows)
     except ValueError as by_name:
-        series_list = _load_data(paths, invalid_lines=invalid_lines)
+        series_list = _load_data(paths, invalid_lines=invalid_lines, out_of_order_rows=out_of_order_rows)
         positional = [str(index) for index in range(len(model_channels))]
         if not all(series.channels == positional for series in series_list):
             raise by_name
@@ -189,6 +206,51 @@ def _invalid_line_reason(path: str, text: str) -> str:
     return "wrong_channel_count"
 
 
+class OutOfOrderRows:
+    """Rows that the file loader dropped in ``replay`` because of their timestamps, as dead-letter entries.
+
+    An entry has the fields of the daemon's dead letters, with ``topic`` the file path,
+    ``partition`` 0 and ``offset`` the line number, counted from 1, as in :class:`InvalidLines`.
+    Its reason is ``duplicate_timestamp`` or ``timestamp_not_increasing``.
+    """
+
+    def __init__(self) -> None:
+        # Keyed by (path, line number), because a file can be read twice (see _load_model_data).
+        self.entries: dict[tuple[str, int], dict] = {}
+
+    def handler(self, path):
+        """Return the ``on_out_of_order(row)`` callback of the loader for ``path``."""
+        return lambda row: self.add(str(path), row)
+
+    def add(self, path: str, row: OutOfOrderRow) -> None:
+        if (path, row.line_number) in self.entries:
+            return
+        # The engine gives the same reasons, comparing with the last timestamp it accepted for the series.
+        reason = "duplicate_timestamp" if row.timestamp == row.latest_timestamp else "timestamp_not_increasing"
+        detail = (
+            f"{path}, line {row.line_number}: series {row.series_id!r}: timestamp "
+            f"{format_timestamp(row.timestamp, True)} is not after the latest earlier timestamp "
+            f"{format_timestamp(row.latest_timestamp, True)}"
+        )
+        position = SimpleNamespace(
+            topic=path, partition=0, offset=row.line_number, raw=row.line.encode("utf-8", "surrogateescape")
+        )
+        self.entries[(path, row.line_number)] = dead_letter_entry(position, reason, detail)
+
+    def reason_counts(self) -> Counter:
+        """Return the number of entries per reason."""
+        return Counter(entry["reason"] for entry in self.entries.values())
+
+
+def _loader_dead_letters(paths, invalid_lines: InvalidLines, out_of_order_rows: OutOfOrderRows) -> list[dict]:
+    """Return the dead-letter entries of the loader in the order of the data files and their lines."""
+    file_order = {}
+    for path in paths:
+        file_order.setdefault(str(path), len(file_order))
+    entries = list(invalid_lines.entries.values()) + list(out_of_order_rows.entries.values())
+    return sorted(entries, key=lambda entry: (file_order[entry["topic"]], entry["offset"]))
+
+
 def replay(args) -> int:
     """Replay ``--data`` through the engine; write the scores CSV and the alerts file."""
     from connectors.files import FileReplaySource, JsonLinesSink, ScoresCsvWriter
@@ -196,18 +258,18 @@ def replay(args) -> int:
     check_output_paths(args)
     bundle = load_bundle(args.model)
     invalid_lines = InvalidLines()
-    series_list = _load_model_data(args.data, bundle.channels, invalid_lines)
+    out_of_order_rows = OutOfOrderRows()
+    series_list = _load_model_data(args.data, bundle.channels, invalid_lines, out_of_order_rows)
     has_clock = all(series.has_clock for series in series_list)
     if has_clock:
         for series in series_list:
             warn_if_epoch_seconds(series.series_id, int(series.timestamps[0]))
-    # NOTE: rows that the loader drops for an out-of-order timestamp are only logged, not
-    # written to --dead-letter.
-    # Records that the engine rejects (e.g. value_out_of_range) follow the loader's lines in
-    # --dead-letter, with the series id as topic and the row of the series as offset.
+    # --dead-letter starts with the loader's invalid lines and out-of-order rows, by file and
+    # line. Records that the engine rejects (e.g. value_out_of_range) follow, with the series
+    # id as topic and the row of the series as offset.
     dead_letters = JsonLinesSink(args.dead_letter, append=False) if args.dead_letter else None
     if dead_letters is not None:
-        dead_letters.send(list(invalid_lines.entries.values()))
+        dead_letters.send(_loader_dead_letters(args.data, invalid_lines, out_of_order_rows))
         dead_letters.flush()
     engine = StreamEngine(bundle, _engine_config(args, has_clock))
     writer = ScoresCsvWriter(args.scores, has_clock)
@@ -235,7 +297,8 @@ def replay(args) -> int:
         f"{len(invalid_lines.entries)} invalid lines skipped ({invalid_destination}); scores in {args.scores}, "
         f"alerts in {args.alerts}"
     )
-    for reason, count in sorted(stats.dead_letters.items()):
+    rejected = Counter(stats.dead_letters) + out_of_order_rows.reason_counts()
+    for reason, count in sorted(rejected.items()):
         print(f"rejected {count} records: {reason}")
     return 0
 

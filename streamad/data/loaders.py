@@ -17,15 +17,21 @@ sorting could interleave two recordings of the same period. By default they rais
 naming the first row that is out of order. With ``out_of_order="drop"`` they keep the file
 order and drop each row whose timestamp is not after every earlier row, which is what a
 streaming consumer does with a late or repeated record. Six of NAB's files contain such rows,
-among them ``realKnownCause/machine_temperature_system_failure.csv``.
+among them ``realKnownCause/machine_temperature_system_failure.csv``. An ``on_out_of_order``
+callback gets each dropped row as an :class:`OutOfOrderRow`, e.g. for a dead-letter file.
 """
 
 from __future__ import annotations
 
+import bz2
+import csv
+import gzip
 import json
 import logging
+import lzma
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +48,26 @@ _JSON_LINES_SUFFIXES = (".jsonl", ".ndjson", ".json")
 # Called with (line number, line text, error) for each invalid line of a JSON lines file that is skipped.
 InvalidLineHandler = Callable[[int, str, ValueError], None]
 
+
+@dataclass(frozen=True)
+class OutOfOrderRow:
+    """A row that ``out_of_order="drop"`` skipped because its timestamp is not after every earlier row."""
+
+    # The series as named in the file: the "series" field of a JSON lines record, else the file stem.
+    series_id: str
+    # The line of the file where the row starts, counted from 1, so a CSV header is line 1.
+    line_number: int
+    # The row as written in the file, without the line ending. A CSV row whose quoted field
+    # contains a line break spans several lines.
+    line: str
+    # The row's timestamp and the latest timestamp of the earlier rows of its series, in epoch milliseconds.
+    timestamp: int
+    latest_timestamp: int
+
+
+# Called with each row that out_of_order="drop" skipped, in file order within a series.
+OutOfOrderHandler = Callable[[OutOfOrderRow], None]
+
 _NPY_MAGIC = b"\x93NUMPY"
 
 OUT_OF_ORDER_POLICIES = ("raise", "drop")
@@ -54,6 +80,7 @@ def load_series(
     channels: list[str] | None = None,
     series_id: str | None = None,
     out_of_order: str = "raise",
+    on_out_of_order: OutOfOrderHandler | None = None,
 ) -> Series:
     """Load one time series from a CSV, ``.npy`` or JSON lines file.
 
@@ -76,6 +103,10 @@ def load_series(
     out_of_order
         ``"raise"`` to reject a row whose timestamp is not after the previous row's, or
         ``"drop"`` to skip every such row with a logged warning.
+    on_out_of_order
+        With ``out_of_order="drop"``, called with an :class:`OutOfOrderRow` for each
+        skipped row, after the warning. ``.npy`` files and CSV files without a timestamp
+        column have no such rows.
 
     Raises
     ------
@@ -109,11 +140,11 @@ def load_series(
         )
 
     if kind == "csv":
-        series = _load_csv(path, timestamp_column, channels, out_of_order)
+        series = _load_csv(path, timestamp_column, channels, out_of_order, on_out_of_order)
     elif kind == "npy":
         series = _load_npy(path, channels)
     else:
-        collection = _load_json_lines(path, channels, out_of_order)
+        collection = _load_json_lines(path, channels, out_of_order, on_out_of_order=on_out_of_order)
         if len(collection) > 1:
             ids = ", ".join(repr(item.series_id) for item in collection[:5])
             raise ValueError(
@@ -136,13 +167,14 @@ def load_series_collection(
     channels: list[str] | None = None,
     out_of_order: str = "raise",
     on_invalid_line: InvalidLineHandler | None = None,
+    on_out_of_order: OutOfOrderHandler | None = None,
 ) -> list[Series]:
     """Load every series in a file, in order of first appearance.
 
     A JSON lines file may interleave records of several series, identified by their
     ``"series"`` field. CSV and ``.npy`` files contain one series, which is returned as a
-    one-element list. ``channels`` and ``out_of_order`` work as in :func:`load_series`, and
-    the order of timestamps is checked within each series.
+    one-element list. ``channels``, ``out_of_order`` and ``on_out_of_order`` work as in
+    :func:`load_series`, and the order of timestamps is checked within each series.
 
     By default an invalid line of a JSON lines file raises ValueError. With
     ``on_invalid_line(line_number, line, error)`` the line is passed to it and skipped
@@ -164,8 +196,8 @@ def load_series_collection(
     path = Path(path)
     _check_out_of_order_policy(out_of_order)
     if _detect_format(path) == "jsonl":
-        return _load_json_lines(path, channels, out_of_order, on_invalid_line)
-    return [load_series(path, channels=channels, out_of_order=out_of_order)]
+        return _load_json_lines(path, channels, out_of_order, on_invalid_line, on_out_of_order)
+    return [load_series(path, channels=channels, out_of_order=out_of_order, on_out_of_order=on_out_of_order)]
 
 
 def _detect_format(path: Path) -> str:
@@ -191,7 +223,11 @@ def _detect_format(path: Path) -> str:
 
 
 def _load_csv(
-    path: Path, timestamp_column: str | None, channels: Sequence[str] | None, out_of_order: str
+    path: Path,
+    timestamp_column: str | None,
+    channels: Sequence[str] | None,
+    out_of_order: str,
+    on_out_of_order: OutOfOrderHandler | None = None,
 ) -> Series:
     try:
         frame = pd.read_csv(path, skipinitialspace=True)
@@ -223,10 +259,78 @@ def _load_csv(
     else:
         timestamps = _parse_timestamp_column(path, frame[time_name], time_name)
         keep = _ordered_rows(path, timestamps, lambda row: f"data row {row + 1}", out_of_order)
+        if on_out_of_order is not None and not keep.all():
+            _report_csv_rows(path, timestamps, keep, on_out_of_order)
         timestamps = timestamps[keep]
         values = values[keep]
 
     return Series(path.stem, timestamps, values, list(selected), has_clock=time_name is not None)
+
+
+# Openers of the compressions that pandas infers from these suffixes and the standard library reads.
+_COMPRESSED_OPENERS = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
+
+
+def _report_csv_rows(path: Path, timestamps: np.ndarray, keep: np.ndarray, handler: OutOfOrderHandler) -> None:
+    """Pass the CSV rows that ``keep`` drops to ``handler``, with their lines read again from the file."""
+    dropped = _dropped_rows(timestamps, keep)
+    try:
+        records = _csv_records(path, {row for row, _ in dropped}, len(timestamps))
+    except (OSError, ValueError, csv.Error) as error:
+        logger.warning(
+            "%s: %d row(s) dropped for out-of-order timestamps are not passed to on_out_of_order, "
+            "because their text could not be read again: %s",
+            path,
+            len(dropped),
+            error,
+        )
+        return
+    for row, latest in dropped:
+        line_number, line = records[row]
+        handler(OutOfOrderRow(path.stem, line_number, line, int(timestamps[row]), latest))
+
+
+def _csv_records(path: Path, rows: set[int], row_count: int) -> dict[int, tuple[int, str]]:
+    """Return the first line number and the text of the given data rows of a CSV file.
+
+    Rows are counted from 0 after the header, as pandas counts them: lines of whitespace are
+    skipped, and a quoted field may span lines. Raises ValueError when the file has another
+    number of data rows than ``row_count``, the rows that pandas read.
+    """
+    suffixes = [suffix.lower() for suffix in path.suffixes] or [""]
+    if suffixes[-1] in (".zip", ".zst") or ".tar" in suffixes[-2:]:
+        # NOTE: pandas reads these archives, but this function does not open them.
+        raise ValueError(f"reading rows again from a {suffixes[-1]} archive is not supported")
+    opener = _COMPRESSED_OPENERS.get(suffixes[-1], open)
+
+    found: dict[int, tuple[int, str]] = {}
+    consumed: list[str] = []
+
+    def lines_of(handle):
+        for line in handle:
+            consumed.append(line)
+            yield line
+
+    with opener(path, "rt", encoding="utf-8", newline="") as handle:
+        # skipinitialspace=True as in pd.read_csv, because it decides whether ' "a' starts a quoted field.
+        reader = csv.reader(lines_of(handle), skipinitialspace=True)
+        lines_before = 0
+        row = -2
+        for _ in reader:
+            text = "".join(consumed)
+            first_line = lines_before + 1
+            lines_before += len(consumed)
+            consumed.clear()
+            if not text.strip():
+                continue
+            # The first record that is not blank is the header, row -1.
+            row += 1
+            if row in rows:
+                found[row] = (first_line, text.rstrip("\r\n"))
+
+    if row + 1 != row_count:
+        raise ValueError(f"the csv module found {row + 1} data rows, but pandas read {row_count}")
+    return found
 
 
 def _find_timestamp_column(path: Path, columns: list[str], requested: str | None) -> str | None:
@@ -337,7 +441,11 @@ class _SeriesRecords:
 
 
 def _load_json_lines(
-    path: Path, channels: Sequence[str] | None, out_of_order: str, on_invalid_line: InvalidLineHandler | None = None
+    path: Path,
+    channels: Sequence[str] | None,
+    out_of_order: str,
+    on_invalid_line: InvalidLineHandler | None = None,
+    on_out_of_order: OutOfOrderHandler | None = None,
 ) -> list[Series]:
     collected: dict[str, _SeriesRecords] = {}
 
@@ -356,12 +464,16 @@ def _load_json_lines(
         raise ValueError(f"{path} contains no records; a JSON lines file needs one JSON object per line")
 
     result = []
+    dropped: list[tuple[str, int, int, int]] = []
     for records in collected.values():
         timestamps = np.asarray(records.timestamps, dtype=np.int64)
         lines = records.lines
         keep = _ordered_rows(
             path, timestamps, lambda row: f"line {lines[row]}", out_of_order, series_id=records.series_id
         )
+        if on_out_of_order is not None and not keep.all():
+            for row, latest in _dropped_rows(timestamps, keep):
+                dropped.append((records.series_id, lines[row], int(timestamps[row]), latest))
         timestamps = timestamps[keep]
         values = np.asarray(records.rows, dtype=np.float64)[keep]
         if records.field == "value":
@@ -370,7 +482,22 @@ def _load_json_lines(
             names = [str(index) for index in range(records.width)]
         values, names = _select_channels(path, values, names, channels)
         result.append(Series(records.series_id, timestamps, values, names, has_clock=True))
+
+    if on_out_of_order is not None and dropped:
+        texts = _json_lines_text(path, {line_number for _, line_number, _, _ in dropped})
+        for series_id, line_number, timestamp, latest in dropped:
+            on_out_of_order(OutOfOrderRow(series_id, line_number, texts[line_number], timestamp, latest))
     return result
+
+
+def _json_lines_text(path: Path, line_numbers: set[int]) -> dict[int, str]:
+    """Return the text of the given lines of a file, counted from 1, without their line endings."""
+    texts = {}
+    with open(path, encoding="utf-8") as handle:
+        for line_number, line in enumerate(handle, start=1):
+            if line_number in line_numbers:
+                texts[line_number] = line.rstrip("\r\n")
+    return texts
 
 
 def _collect_json_line(path: Path, line_number: int, line: str, collected: dict[str, _SeriesRecords]) -> None:
@@ -472,6 +599,12 @@ def _select_channels(
 def _check_out_of_order_policy(out_of_order: str) -> None:
     if out_of_order not in OUT_OF_ORDER_POLICIES:
         raise ValueError(f"out_of_order={out_of_order!r} is invalid; use one of {OUT_OF_ORDER_POLICIES}")
+
+
+def _dropped_rows(timestamps: np.ndarray, keep: np.ndarray) -> list[tuple[int, int]]:
+    """Return the row and the latest earlier timestamp of each row that ``keep`` drops."""
+    latest = np.maximum.accumulate(timestamps)
+    return [(int(row), int(latest[row - 1])) for row in np.flatnonzero(~keep)]
 
 
 def _ordered_rows(
