@@ -4,7 +4,8 @@ Alertmanager resolves an alert without ``endsAt`` once it has not been sent agai
 ``resolve_timeout`` (5 minutes by default). Prometheus therefore re-sends every active
 alert periodically, and so does :class:`AlertmanagerClient`: every open incident is sent
 again every ``resend_interval_s`` seconds until its ``resolved`` event, which is sent
-with ``endsAt``.
+with ``endsAt``. The open incidents of partitions restored from a checkpoint reach the
+client through :meth:`AlertmanagerClient.send_restored` and are sent at once.
 
 Delivery is best effort and does not wait for the network in the daemon's loop, because
 :meth:`AlertmanagerClient.send` only queues. A background thread POSTs, and retries with
@@ -137,6 +138,32 @@ class AlertmanagerClient:
                 self._active[alert_id] = alert
                 self._changed.add(alert_id)
             self._condition.notify()
+
+    def send_restored(self, items: list[dict]) -> None:
+        """Queue the last events of open incidents restored from a checkpoint, to be sent again without waiting for an event.
+
+        Alertmanager resolves an alert that is not sent again within its resolve_timeout, so
+        after a restart the open incidents are sent at once and then with the periodic
+        re-sends. An incident that the client already tracks keeps its newer alert, and a
+        ``resolved`` event is skipped, so no alert ends and every alert keeps its labels.
+        """
+        now = datetime.now(timezone.utc)
+        queued = []
+        with self._condition:
+            for event in items:
+                alert_id = event["alert_id"]
+                if event["status"] == "resolved" or alert_id in self._active:
+                    continue
+                (alert,) = alertmanager_api_alerts([event], generator_url=self.generator_url, now=now)
+                self._active[alert_id] = alert
+                self._changed.add(alert_id)
+                queued.append(alert_id)
+            self._condition.notify()
+        if queued:
+            logger.info(
+                "alertmanager %s: sending %d open incidents restored from checkpoints again: alert_ids=%s",
+                self.endpoint, len(queued), ",".join(queued),
+            )
 
     def _queue(self, alert: dict[str, Any]) -> None:
         self._pending.append(alert)

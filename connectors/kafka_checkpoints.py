@@ -24,7 +24,7 @@ from typing import Any
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import ConfigResource, ConfigResourceType, NewTopic
-from kafka.errors import KafkaError, KafkaTimeoutError, TopicAlreadyExistsError
+from kafka.errors import KafkaError, KafkaTimeoutError, TopicAlreadyExistsError, UnknownTopicOrPartitionError
 
 from connectors.kafka import RetryBackoff, call_with_retry
 from streamad.engine.checkpoint import PartitionCheckpoint, decode_checkpoint, encode_checkpoint
@@ -68,6 +68,11 @@ class KafkaCheckpointStore:
     ``cache_s`` seconds of the last load use what that load read, so the assignment of many
     partitions reads the topic once. Acknowledged writes of this store update that cache.
 
+    Tansu 0.6 keeps its topics in memory and, after a restart, acknowledges writes to a topic
+    that it no longer lists. A write therefore checks that the broker lists the topic after an
+    acknowledgement whose offset is not above the last one of its partition, or that needed a
+    retry. When the topic is missing, the write creates it again and sends the checkpoint again.
+
     The constructor creates the topic when it is missing, with ``partitions`` partitions,
     ``cleanup.policy=compact`` and ``max.message.bytes=max_message_bytes``. It raises
     ValueError when the topic exists with another cleanup policy, because Kafka would then
@@ -107,6 +112,8 @@ class KafkaCheckpointStore:
         self._replication_factor = replication_factor
         self._cache: dict[bytes, bytes] = {}
         self._loaded_at: float | None = None
+        # Last acknowledged offset per partition of the checkpoint topic, to notice a topic that restarted.
+        self._acknowledged: dict[int, int] = {}
 
         self._ensure_topic()
         producer_options: dict[str, Any] = {}
@@ -144,16 +151,22 @@ class KafkaCheckpointStore:
         key = self.key(topic, partition).encode("utf-8")
         value = encode_checkpoint(topic, partition, offset, state)
 
+        ids = f"checkpoint_topic={self.topic} topic={topic} partition={partition} offset={offset}"
+        attempts = 0
+
         def send_and_wait() -> Any:
+            nonlocal attempts
+            attempts += 1
             try:
                 future = self._producer.send(self.topic, key=key, value=value)
                 self._producer.flush(timeout=self.timeout_s)
-                return future.get(timeout=0)
+                metadata = future.get(timeout=0)
             except KafkaError:
-                self._create_lost_topic()
+                self._create_lost_topic(f"after a failed checkpoint write: {ids}")
                 raise
+            self._check_acknowledged_topic(metadata, retried=attempts > 1, ids=ids)
+            return metadata
 
-        ids = f"checkpoint_topic={self.topic} topic={topic} partition={partition} offset={offset}"
         try:
             metadata = call_with_retry(
                 send_and_wait,
@@ -233,8 +246,11 @@ class KafkaCheckpointStore:
                 # The topic existed at start, so it was deleted since, or lost with the memory
                 # storage of a Tansu broker. Waiting for it would block the rebalance for good,
                 # and without it the next writes would go nowhere or to an uncompacted topic.
-                logger.warning("Kafka checkpoint topic not found, creating it again and reading no checkpoints: topic=%s", self.topic)
-                self._create_lost_topic()
+                logger.warning(
+                    "Kafka checkpoint topic not found, so no partition has a checkpoint: topic=%s", self.topic
+                )
+                self._create_lost_topic("after a checkpoint read found no partitions")
+                self._acknowledged.clear()
                 return values
             consumer.assign(assigned)
             consumer.seek_to_beginning(*assigned)
@@ -267,20 +283,68 @@ class KafkaCheckpointStore:
         )
         return values
 
-    def _create_lost_topic(self) -> None:
-        """Create the topic again, if the broker responds and the topic is missing, after a write failed.
+    def _check_acknowledged_topic(self, metadata: Any, *, retried: bool, ids: str) -> None:
+        """Raise a retriable error when the broker acknowledged a write to a topic that it no longer lists.
+
+        The offsets of a Kafka partition only grow unless its log is truncated, so an offset
+        not above the last acknowledged one means that the partition started again: the topic
+        was deleted, or lost with the memory storage of a restarted Tansu 0.6 broker. A write
+        that needed a retry may also have reached a restarted broker. In both cases the broker
+        must list the topic. When it does not, the topic is created again and the error makes
+        the caller send the checkpoint again.
+        """
+        checkpoint_partition = int(metadata.partition)
+        acknowledged = int(metadata.offset)
+        previous = self._acknowledged.get(checkpoint_partition)
+        self._acknowledged[checkpoint_partition] = acknowledged
+        offset_went_back = previous is not None and acknowledged <= previous
+        if offset_went_back:
+            # The cache contains checkpoints that the restarted partition may no longer contain.
+            self._loaded_at = None
+            logger.warning(
+                "Kafka checkpoint topic partition started again, so the checkpoints written to it before are lost: "
+                "checkpoint_partition=%d acknowledged_offset=%d previous_offset=%d %s",
+                checkpoint_partition, acknowledged, previous, ids,
+            )
+        if not (offset_went_back or retried):
+            # NOTE: the first write of this store after a broker restart has no earlier offset to
+            # compare, so a lost topic is noticed only when that write needs a retry, or at the next one.
+            return
+        if not self._create_lost_topic(f"after the broker acknowledged checkpoint_partition={checkpoint_partition} "
+                                       f"acknowledged_offset={acknowledged} for it: {ids}"):
+            return
+        self._acknowledged.clear()
+        raise UnknownTopicOrPartitionError(
+            f"the broker acknowledged the checkpoint at offset {acknowledged} of {self.topic}[{checkpoint_partition}] "
+            f"but did not list topic {self.topic!r}, which was created again, so the checkpoint must be sent again"
+        )
+
+    def _create_lost_topic(self, context: str) -> bool:
+        """Create the topic again if the broker responds and the topic is missing, and return True when it was created.
 
         The topic may have been deleted, or lost with the memory storage of a restarted Tansu
         broker, and then no write would ever succeed. Tansu 0.6 returns UNKNOWN_SERVER_ERROR
         for a produce request to such a topic, and a producer without metadata for it times
-        out, so every failed write checks.
+        out, so every failed write checks. ``context`` names the event and ids for the log.
         """
         try:
-            self._ensure_topic()
+            created = self._ensure_topic(again=True)
         except KafkaError as error:
             logger.debug("Kafka checkpoint topic not created again: topic=%s error=%r", self.topic, error)
+            return False
+        if created:
+            logger.warning(
+                "Kafka checkpoint topic was missing and is created again: topic=%s partitions=%d cleanup.policy=compact, %s",
+                self.topic, self._partitions, context,
+            )
+        return created
 
-    def _ensure_topic(self) -> None:
+    def _ensure_topic(self, *, again: bool = False) -> bool:
+        """Create the topic when it is missing and return True when this call created it.
+
+        With ``again``, the caller logs the creation, and an existing topic's cleanup.policy
+        is checked without an INFO line when the broker reports none.
+        """
         try:
             admin = KafkaAdminClient(
                 bootstrap_servers=self.bootstrap_servers,
@@ -296,19 +360,22 @@ class KafkaCheckpointStore:
             try:
                 admin.create_topics([new_topic], timeout_ms=self._timeout_ms)
             except TopicAlreadyExistsError:
-                self._check_cleanup_policy(admin)
-            else:
+                self._check_cleanup_policy(admin, quiet=again)
+                return False
+            if not again:
                 logger.info(
                     "Kafka checkpoint topic created: topic=%s partitions=%d cleanup.policy=compact", self.topic, self._partitions
                 )
+            return True
         finally:
             admin.close()
 
-    def _check_cleanup_policy(self, admin: KafkaAdminClient) -> None:
+    def _check_cleanup_policy(self, admin: KafkaAdminClient, *, quiet: bool = False) -> None:
         response = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, self.topic)])
         policy = _cleanup_policy(response, self.topic)
         if policy is None:
-            logger.info(
+            logger.log(
+                logging.DEBUG if quiet else logging.INFO,
                 "Kafka checkpoint topic %s exists, and the broker reports no cleanup.policy, so compaction is not checked",
                 self.topic,
             )

@@ -262,9 +262,40 @@ def post(endpoint: WebhookEndpoint, body: bytes, headers: dict[str, str]) -> Att
         limit = endpoint.connect_timeout_s if phase == "connect" else endpoint.read_timeout_s
         return AttemptResult(None, f"{phase} timed out after {limit:g} s")
     except (OSError, http.client.HTTPException) as error:
+        if parts.scheme == "https" and _may_be_client_certificate_rejection(error, phase):
+            return AttemptResult(None, _client_certificate_hint(endpoint, f"{phase} failed: {error!r}"))
         return AttemptResult(None, f"{phase} failed: {error!r}")
     finally:
         connection.close()
+
+
+def _may_be_client_certificate_rejection(error: BaseException, phase: str) -> bool:
+    """Return True for the errors that a client sees when the server rejects its handshake after verifying the server.
+
+    With TLS 1.2 the server's alert fails ``connect()`` with an SSLError such as
+    SSLV3_ALERT_HANDSHAKE_FAILURE. With TLS 1.3 the client's handshake ends before the
+    server checks the client certificate, so the rejection arrives at the first write or read
+    as an SSLEOFError, an SSLError such as TLSV13_ALERT_CERTIFICATE_REQUIRED, or a reset.
+    A failed verification of the server's certificate is another cause, with its own message.
+    """
+    if isinstance(error, ssl.SSLCertVerificationError):
+        return False
+    if isinstance(error, ssl.SSLError):
+        return True
+    return phase == "request" and isinstance(error, (ConnectionResetError, BrokenPipeError))
+
+
+def _client_certificate_hint(endpoint: WebhookEndpoint, failure: str) -> str:
+    """Return the error text of a TLS handshake that the server may have rejected for the client certificate."""
+    if endpoint.cert_file:
+        return (
+            f"TLS handshake failed ({failure}); the server may not accept the client certificate "
+            f"cert_file={endpoint.cert_file!r} of endpoint {endpoint.name!r}: check that the server trusts its issuer"
+        )
+    return (
+        f"TLS handshake failed ({failure}); the server may require a client certificate, and endpoint "
+        f"{endpoint.name!r} has none: set cert_file and key_file for it (--webhook-cert-file and --webhook-key-file)"
+    )
 
 
 class RateLimiter:

@@ -166,6 +166,99 @@ def test_client_sends_firing_before_resolved_in_one_batch(alertmanager):
         client.close()
 
 
+def test_client_sends_restored_incident_at_once(alertmanager):
+    client = AlertmanagerClient(alertmanager.url, resend_interval_s=3600, timeout_s=5)
+    try:
+        client.send([_event("firing", 2, alert_id="live")])
+        assert alertmanager.wait_for(lambda: len(alertmanager.posts) >= 1)
+        # "live" is tracked already and keeps its alert, and a resolved event ends nothing.
+        client.send_restored([
+            _event("update", 3, alert_id="restored"),
+            _event("firing", 1, alert_id="live", probability=0.5),
+            _event("resolved", 4, alert_id="gone", end="2024-05-01T12:10:00Z"),
+        ])
+        assert alertmanager.wait_for(lambda: len(alertmanager.posts) >= 2)
+    finally:
+        client.close()
+
+    sent = alertmanager.posts[1][1]
+    assert [alert["labels"]["alert_id"] for alert in sent] == ["restored"]
+    assert sent[0]["labels"] == _event("update", 3, alert_id="restored")["labels"]
+    assert sent[0]["startsAt"] == "2024-05-01T12:00:00Z"
+    assert "endsAt" not in sent[0]
+    active = {alert["labels"]["alert_id"]: alert for alert in client.active_alerts()}
+    assert sorted(active) == ["live", "restored"]
+    assert active["live"]["labels"]["severity"] == "critical"
+
+
+@pytest.mark.kafka
+def test_daemon_resends_restored_incident(alertmanager, kafka_bootstrap, new_topic, group_id, machine_model_dir, machine_temperature, tmp_path):
+    import signal
+
+    from conftest import MACHINE_TRAIN_ROWS
+    from connectors.kafka import produce_records
+    from daemon_support import committed_offsets, kill_daemon, start_streamad_run, wait_for
+    from streamad.bundle import load_bundle
+    from streamad.data import format_timestamp
+    from streamad.engine import EngineConfig, StreamEngine
+    from streamad.records import Record
+
+    # Stream up to a few points into the first incident, so that it is open when the daemon stops.
+    stream = machine_temperature.slice(MACHINE_TRAIN_ROWS, MACHINE_TRAIN_ROWS + 2000)
+    records = [Record(stream.series_id, int(stream.timestamps[i]), stream.values[i]) for i in range(len(stream))]
+    replayed = StreamEngine(load_bundle(machine_model_dir), EngineConfig(resolve_after_s=3600)).process(records).events
+    firing = next(event for event in replayed if event["status"] == "firing")
+    cut = next(i for i, record in enumerate(records) if format_timestamp(record.timestamp, True) == firing["start"]) + 3
+    topic = new_topic(1, prefix="metrics")
+    produce_records(kafka_bootstrap, topic, records[:cut])
+
+    log_path = tmp_path / "daemon.log"
+    alerts_path = tmp_path / "alerts.jsonl"
+    arguments = [
+        "--model", str(machine_model_dir), "--bootstrap-servers", kafka_bootstrap, "--topic", topic, "--group-id", group_id,
+        # A re-send interval longer than the test, so that only the restore can send the incident in the second run.
+        "--alertmanager", alertmanager.url, "--alertmanager-resend-s", "3600",
+        "--checkpoint-dir", str(tmp_path / "checkpoints"), "--alerts", str(alerts_path), "--resolve-after-s", "3600",
+        "--session-timeout-ms", "6000", "--heartbeat-interval-ms", "2000", "--max-poll-interval-ms", "10000",
+    ]
+
+    def sent_alerts():
+        with alertmanager.condition:
+            return [alert for _, body, _ in alertmanager.posts for alert in body]
+
+    def run_until(condition, description):
+        daemon = start_streamad_run(arguments, log_path)
+        try:
+            wait_for(condition, 120, description, [log_path])
+            daemon.send_signal(signal.SIGTERM)
+            assert daemon.wait(timeout=60) == 0, log_path.read_text()[-4000:]
+        finally:
+            kill_daemon(daemon)
+
+    run_until(
+        lambda: committed_offsets(kafka_bootstrap, group_id, topic, 1) == [cut]
+        and any(alert["labels"]["alert_id"] == firing["alert_id"] for alert in sent_alerts()),
+        "the commit of every record and the firing alert",
+    )
+    first_run = sent_alerts()
+    events_before = alerts_path.read_text().splitlines()
+    with alertmanager.condition:
+        alertmanager.posts.clear()
+
+    run_until(lambda: sent_alerts(), "a POST of the second run")
+
+    assert [event["alert_id"] for event in map(json.loads, events_before) if event["status"] == "firing"] == [firing["alert_id"]]
+    # No record arrived in the second run, so it wrote no event, and the restore sent the incident.
+    assert alerts_path.read_text().splitlines() == events_before
+    resent = sent_alerts()
+    assert {alert["labels"]["alert_id"] for alert in resent} == {firing["alert_id"]}
+    assert all("endsAt" not in alert for alert in resent)
+    last_sent = [alert for alert in first_run if alert["labels"]["alert_id"] == firing["alert_id"]][-1]
+    assert resent[0]["labels"] == last_sent["labels"]
+    assert resent[0]["startsAt"] == last_sent["startsAt"] == firing["start"]
+    assert "sending 1 open incidents restored from checkpoints again" in log_path.read_text()
+
+
 def test_client_rejects_bad_settings():
     with pytest.raises(ValueError, match="--alertmanager 'alertmanager:9093' is invalid"):
         AlertmanagerClient("alertmanager:9093")

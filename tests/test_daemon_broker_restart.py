@@ -254,6 +254,10 @@ def test_daemon_survives_broker_restart(bundle_dir, machine_temperature, tmp_pat
                 create_topic(broker.bootstrap, topic, partitions=1)
             after = _records(machine_temperature, AFTER_ROWS)
             produce_records(broker.bootstrap, "metrics", after)
+            # NOTE: Tansu 0.6 answers a fetch beyond the high watermark with no records and no
+            # OFFSET_OUT_OF_RANGE. With --checkpoint-topic, a checkpoint of the lost input topic
+            # can reach the checkpoint topic after the restart, and the daemon then seeks past the
+            # end of the new input topic and waits there, so this case can time out below.
             # Windows that lie wholly after the restart. Earlier ones span the gap to the records
             # lost with the broker's memory, so the engine skips them.
             expected = {record.timestamp for record in after[WINDOW - 1 :]}
@@ -288,6 +292,12 @@ def test_daemon_survives_broker_restart(bundle_dir, machine_temperature, tmp_pat
     assert any("group=restart" in line or "topic=alerts" in line for line in retry_lines)
     assert "the broker is reachable again" in log or "the broker responded again" in log
     assert "stopped after" in log
+    if extra:
+        # A write that succeeded after retries found the topic listed, so no read after it may miss the topic.
+        checkpoint_lines = [line for line in log.splitlines() if "Kafka checkpoint" in line]
+        succeeded = [index for index, line in enumerate(checkpoint_lines) if "write succeeded after" in line]
+        not_found = [index for index, line in enumerate(checkpoint_lines) if "topic not found" in line]
+        assert not succeeded or not not_found or max(not_found) < min(succeeded), "\n".join(checkpoint_lines)
 
 
 @pytest.mark.kafka

@@ -239,6 +239,36 @@ def test_checkpointer_restores_revoked_partition(bundle, tmp_path):
     assert _event_keys(first_result.events + second_result.events) == _event_keys(whole.events)
 
 
+def test_checkpointer_reports_restored_incidents(bundle, tmp_path):
+    config = EngineConfig(per_series_threshold=True)
+    records = _records(["a", "b"])
+    messages = _messages(records, {"a": 0, "b": 1})
+    cut = 2 * (SPIKE.start + 5)
+    first_engine = StreamEngine(bundle, config)
+    first = PartitionCheckpointer(first_engine, CheckpointStore(tmp_path), every_records=None, interval_s=None)
+    events = first_engine.process(records[:cut]).events
+    first.record(messages[:cut])
+    first.on_revoked([("metrics", 0), ("metrics", 1)])
+    last_events = {event["alert_id"]: event for event in events}
+    open_events = [event for event in last_events.values() if event["status"] != "resolved"]
+    assert {event["series"] for event in open_events} == {"a", "b"}
+
+    second_engine = StreamEngine(bundle, config)
+    second = PartitionCheckpointer(second_engine, CheckpointStore(tmp_path), every_records=None, interval_s=None)
+    reported = []
+    second.restored_incident_handlers.append(reported.append)
+    second.on_assigned([("metrics", 1)])
+
+    # Only the incident of the assigned partition, as its last event before the checkpoint.
+    assert len(reported) == 1
+    assert reported[0] == [event for event in open_events if event["series"] == "b"]
+    assert second_engine.open_incident_events(["a", "b"]) == reported[0]
+    # The incident leaves the engine's list when it resolves.
+    later = second_engine.process([record for record in records[cut:] if record.series == "b"]).events
+    assert "resolved" in [event["status"] for event in later]
+    assert second_engine.open_incident_events(["b"]) == []
+
+
 def test_checkpointer_due_after_records(bundle, tmp_path):
     engine = StreamEngine(bundle)
     checkpointer = PartitionCheckpointer(engine, CheckpointStore(tmp_path), every_records=5, interval_s=None)

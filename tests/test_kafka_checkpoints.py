@@ -14,6 +14,7 @@ import uuid
 
 import numpy as np
 import pytest
+from conftest import require_tansu
 
 from daemon_support import (
     committed_offsets, event_set, kill_daemon, machine_slices, replay_windows_and_events, start_streamad_run, wait_for,
@@ -186,6 +187,53 @@ def test_mirrored_store_reads_higher_offset(kafka_bootstrap, tmp_path):
         assert mirrored.read("metrics", 0).offset == 60
     finally:
         mirrored.close()
+
+
+def test_store_logs_topic_lost_in_restart(caplog):
+    from kafka import KafkaAdminClient
+
+    from connectors.kafka import RetryBackoff
+    from connectors.kafka_checkpoints import KafkaCheckpointStore
+    from connectors.tansu import TansuBroker
+
+    # Its own broker, because the restart loses every topic of the broker's memory storage.
+    with TansuBroker(binary=require_tansu()) as broker:
+        retry = RetryBackoff(max_s=1.0)
+        store = KafkaCheckpointStore(broker.bootstrap, "checkpoints", timeout_s=5, cache_s=0, retry=retry)
+        try:
+            store.write("metrics", 0, 10, _state(10))
+            store.write("metrics", 0, 11, _state(11))
+            broker.restart()
+            with caplog.at_level(logging.INFO, logger="connectors"):
+                # Tansu 0.6 acknowledges this write although the restart lost the topic.
+                store.write("metrics", 0, 12, _state(12))
+                checkpoint = store.read("metrics", 0)
+        finally:
+            retry.stop.set()
+            store.close()
+        admin = KafkaAdminClient(bootstrap_servers=broker.bootstrap, request_timeout_ms=5000)
+        try:
+            topics = admin.list_topics()
+        finally:
+            admin.close()
+
+    assert "checkpoints" in topics
+    assert checkpoint.offset == 12
+    lines = [
+        record.getMessage() for record in caplog.records
+        if record.name.startswith("connectors.kafka") and "checkpoint" in record.getMessage()
+    ]
+    restarted = [index for index, line in enumerate(lines) if "partition started again" in line]
+    assert len(restarted) == 1, lines
+    warning = lines[restarted[0]]
+    assert "checkpoint_partition=0 acknowledged_offset=0 previous_offset=1" in warning
+    assert "checkpoint_topic=checkpoints topic=metrics partition=0 offset=12" in warning
+    # The broker may have created the topic already for a metadata request, and then it is not created again.
+    created = [index for index, line in enumerate(lines) if "created again" in line]
+    assert all(index > restarted[0] for index in created), lines
+    succeeded = [index for index, line in enumerate(lines) if "write succeeded" in line]
+    assert all(index > max(restarted + created) for index in succeeded), lines
+    assert not any("not found" in line for line in lines), lines
 
 
 def test_store_rejects_invalid_topic(kafka_bootstrap):

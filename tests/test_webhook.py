@@ -462,6 +462,29 @@ def test_https_rejects_unverified_peer(receivers, sinks, tmp_path, certificates,
     assert receiver.accepted == []
 
 
+@pytest.mark.parametrize("tls_version", ["TLSv1_2", "TLSv1_3"])
+def test_https_missing_client_certificate_reason(receivers, sinks, tmp_path, certificates, tls_version):
+    server, _, context = certificates
+    # TLS 1.2 fails the handshake in connect(), and TLS 1.3 reports the rejection at the first write or read.
+    context.minimum_version = context.maximum_version = getattr(ssl.TLSVersion, tls_version)
+    receiver = receivers(ssl_context=context)
+    path = tmp_path / "outbox.db"
+    sink = sinks([WebhookEndpoint("tls", receiver.url, ca_file=str(server[0]), max_attempts=1, **FAST)], path)
+    _send(sink, _events(alerts=1, per_alert=1))
+    box = Outbox(path)
+    _wait_for(lambda: box.counts()["dead"] == 1, "the event to be dead")
+    reason = box.rows("dead")[0].last_error
+    box.close()
+
+    assert reason.startswith("TLS handshake failed (")
+    assert "the server may require a client certificate" in reason
+    assert "endpoint 'tls' has none: set cert_file and key_file for it" in reason
+    # The original error stays in the reason.
+    assert " failed: SSL" in reason or "failed: ConnectionResetError" in reason
+    assert "gave up after 1 attempts, max_attempts=1" in reason
+    assert receiver.accepted == []
+
+
 def test_endpoint_rejects_missing_ca_file(tmp_path):
     with pytest.raises(ValueError, match="TLS files cannot be loaded"):
         WebhookEndpoint("tls", "https://127.0.0.1:9/", ca_file=str(tmp_path / "none.pem"))

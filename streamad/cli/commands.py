@@ -467,6 +467,7 @@ def check_max_in_flight(value) -> None:
 def run(args) -> int:
     """Run the Kafka consumer daemon until SIGINT or SIGTERM."""
     from streamad.cli.daemon import build_checkpointer, build_daemon, check_checkpoint_options, close_checkpointer, source_config
+    from streamad.cli.daemon import connect_restored_incidents
 
     check_run_options(args)
     # Both raise on an invalid Kafka option before anything connects.
@@ -481,6 +482,7 @@ def run(args) -> int:
     metrics, status_server = _build_metrics(args, engine)
     reloader = _build_reloader(args, engine, metrics)
     source, alert_sinks, dead_letter_sinks, point_sinks = build_daemon(args, stop)
+    connect_restored_incidents(checkpointer, alert_sinks)
     logger.info("consuming %s as group %s with model %s", ",".join(args.topic), args.group_id, bundle.version)
     try:
         stats = run_stream(

@@ -190,6 +190,19 @@ def alertmanager_sinks(args) -> list:
     ]
 
 
+def connect_restored_incidents(checkpointer, alert_sinks) -> None:
+    """Make ``checkpointer`` pass restored open incidents to the alert sinks that send them again.
+
+    Only a sink with ``send_restored``, the Alertmanager client, gets them. The other sinks
+    already received those events before the restart, so they would only see duplicates.
+    """
+    if checkpointer is None:
+        return
+    for sink in alert_sinks:
+        send_restored = getattr(sink, "send_restored", None)
+        if send_restored is not None:
+            checkpointer.restored_incident_handlers.append(send_restored)
+
 
 def _kafka_sink_options(args, stop) -> dict:
     """Return the timeouts and retry of the Kafka sinks, derived from ``--request-timeout-ms``.

@@ -27,7 +27,7 @@ import time
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -248,6 +248,8 @@ class PartitionCheckpointer:
         self._shared_threshold_adopted = False
         self._warned_series: set[str] = set()
         self._disabled_reason: str | None = None
+        # Functions called with the last events of the open incidents that on_assigned restored.
+        self.restored_incident_handlers: list[Callable[[list[dict]], None]] = []
 
     def record(self, messages: Iterable) -> None:
         """Note the messages of a batch as applied: their offsets and the series they belong to."""
@@ -326,6 +328,7 @@ class PartitionCheckpointer:
             if checkpoint is not None:
                 loaded.append(checkpoint)
 
+        restored_series: list[str] = []
         adopt_shared = not self._shared_threshold_adopted and self.engine.stats["windows_scored"] == 0
         newest = max(loaded, key=lambda item: item.written_at, default=None)
         seek_offsets: dict[PartitionId, int] = {}
@@ -345,12 +348,33 @@ class PartitionCheckpointer:
             self.applied[partition_id] = checkpoint.offset
             self.checkpointed[partition_id] = checkpoint.offset
             seek_offsets[partition_id] = checkpoint.offset + 1
+            restored_series.extend(checkpoint.state.meta["series"])
             logger.info(
                 "restored checkpoint: topic=%s partition=%s offset=%s series=%d, resuming at offset %d",
                 checkpoint.topic, checkpoint.partition, checkpoint.offset,
                 len(checkpoint.state.meta["series"]), checkpoint.offset + 1,
             )
+        self._report_restored_incidents(restored_series)
         return seek_offsets
+
+    def _report_restored_incidents(self, series_ids: list[str]) -> None:
+        """Pass the last events of the restored open incidents to ``restored_incident_handlers``.
+
+        A handler's error is logged, so that it cannot fail the rebalance.
+        """
+        if not self.restored_incident_handlers:
+            return
+        events = self.engine.open_incident_events(series_ids)
+        if not events:
+            return
+        for handler in self.restored_incident_handlers:
+            try:
+                handler(events)
+            except Exception as error:  # noqa: BLE001 - a sink's failure must not stop the partition assignment
+                logger.error(
+                    "restored open incidents not passed on: handler=%r alert_ids=%s error=%r",
+                    handler, ",".join(event["alert_id"] for event in events), error,
+                )
 
     def on_revoked(self, partitions: Sequence[PartitionId]) -> dict[PartitionId, int]:
         """Checkpoint the revoked partitions, forget their series and return the offsets to commit.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
@@ -127,8 +128,9 @@ class Rejection:
 class EngineState:
     """The state of a set of series, from :meth:`StreamEngine.snapshot`.
 
-    ``meta`` is JSON-serialisable: the series ids, the alert ids of their open incidents
-    and the settings the state depends on. ``arrays`` maps names to NumPy arrays with
+    ``meta`` is JSON-serialisable: the series ids, the alert ids of their open incidents,
+    the last event of each open incident (``open_events``) and the settings the state
+    depends on. ``arrays`` maps names to NumPy arrays with
     one row per series, except ``threshold.windows`` and ``threshold.shared_window``.
     """
 
@@ -214,6 +216,8 @@ class StreamEngine:
             self.config.annotations,
         )
         self.stats: Counter = Counter()
+        # Last event of each open incident by alert id, so that a restored incident can be sent again as it was.
+        self._open_events: dict[str, dict] = {}
 
     def process(self, records: Sequence[Record]) -> EngineResult:
         """Feed a batch of records; return the scored points, incident events and rejections."""
@@ -296,11 +300,12 @@ class StreamEngine:
                 len(dropped), first_record.series, first_record.timestamp, first_score, self.bundle.path, self.bundle.version,
             )
         events = self._event_dicts(incident_events, batch)
+        self._note_open_events(events)
         self.stats["alerts"] += sum(point.is_alert for point in points)
         return EngineResult(points, events, rejected)
 
     def snapshot(self, series_ids: Sequence[str], include_shared_threshold: bool = True) -> EngineState:
-        """Return a copy of the state of ``series_ids``: window buffers, open incidents and thresholds.
+        """Return a copy of the state of ``series_ids``: window buffers, open incidents with their last events, and thresholds.
 
         A series the engine has not seen gets the state of a new series. The shared
         threshold quantile, used when ``per_series_threshold`` is False, is included when
@@ -317,6 +322,7 @@ class StreamEngine:
         meta = {
             "series": series_ids,
             "alert_ids": alert_ids,
+            "open_events": [self._open_events[alert_id] for alert_id in alert_ids if alert_id in self._open_events],
             "model_version": self.bundle.version,
             "scaler": self.bundle.scaler.to_dict(),
             "window": self.bundle.window,
@@ -369,7 +375,13 @@ class StreamEngine:
         incident_arrays = _strip_prefix(state.arrays, "incidents.")
         threshold_arrays = _strip_prefix(state.arrays, "threshold.")
         self.buffers.import_rows(slots, buffer_arrays)
+        self._drop_open_events(slots)
         self.incidents.import_rows(slots, incident_arrays, list(meta["alert_ids"]))
+        restored_ids = set(meta["alert_ids"])
+        # Checkpoints written before "open_events" existed restore the incidents without their last event.
+        for event in meta.get("open_events", []):
+            if event.get("alert_id") in restored_ids:
+                self._open_events[event["alert_id"]] = copy.deepcopy(event)
         if saved_scaler is None:
             self.threshold.import_state(series_ids, threshold_arrays, include_shared=include_shared_threshold)
         else:
@@ -434,8 +446,35 @@ class StreamEngine:
         series_ids = [series for series in series_ids if series in self.buffers.slots]
         slots = [self.buffers.slots[series] for series in series_ids]
         self.buffers.reset_rows(slots)
+        self._drop_open_events(slots)
         self.incidents.reset_rows(slots)
         self.threshold.forget(series_ids)
+
+    def open_incident_events(self, series_ids: Sequence[str]) -> list[dict]:
+        """Return copies of the last events of the open incidents of ``series_ids``, in the order of ``series_ids``.
+
+        An open incident restored from a checkpoint that did not store its last event is left out.
+        """
+        events = []
+        for series in series_ids:
+            slot = self.buffers.slots.get(series)
+            alert_id = None if slot is None else self.incidents.alert_ids.get(slot)
+            if alert_id is not None and alert_id in self._open_events:
+                events.append(copy.deepcopy(self._open_events[alert_id]))
+        return events
+
+    def _note_open_events(self, events: list[dict]) -> None:
+        for event in events:
+            if event["status"] == "resolved":
+                self._open_events.pop(event["alert_id"], None)
+            else:
+                self._open_events[event["alert_id"]] = copy.deepcopy(event)
+
+    def _drop_open_events(self, slots: list[int]) -> None:
+        for slot in slots:
+            alert_id = self.incidents.alert_ids.get(slot)
+            if alert_id is not None:
+                self._open_events.pop(alert_id, None)
 
     def _out_of_range_message(self, record: Record, values: np.ndarray, scaled: np.ndarray) -> str | None:
         """Return why ``record`` cannot be scored when a scaled value is infinite or above the bound, else None.
