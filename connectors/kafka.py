@@ -347,6 +347,8 @@ class KafkaSource:
         self._closed = False
         self._buffered: list[SourceMessage] = []
         self._committed: dict[tuple[str, int], int] = {}
+        # Offsets of seek() that no fetch response has confirmed yet (see _check_seeks).
+        self._unchecked_seeks: dict[TopicPartition, int] = {}
         self.rebalance_handler: Any = None
         # Set by pause() and cleared by resume(); newly assigned partitions are paused while it is set.
         self._pausing = False
@@ -457,7 +459,9 @@ class KafkaSource:
 
     def seek(self, topic: str, partition: int, offset: int) -> None:
         """Make the next fetch of an assigned partition start at ``offset``."""
-        self._consumer.seek(TopicPartition(topic, partition), offset)
+        tp = TopicPartition(topic, partition)
+        self._consumer.seek(tp, offset)
+        self._unchecked_seeks[tp] = offset
         self._buffered = [m for m in self._buffered if (m.topic, m.partition) != (topic, partition)]
         logger.info("Kafka partition seek: group=%s partition=%s[%d] offset=%d", self.config.group_id, topic, partition, offset)
 
@@ -642,6 +646,8 @@ class KafkaSource:
 
     def _fetch(self, timeout_ms: int) -> list[SourceMessage]:
         batches = self._consumer.poll(timeout_ms=timeout_ms, max_records=self.config.max_poll_records)
+        if self._unchecked_seeks:
+            self._check_seeks()
         messages: list[SourceMessage] = []
         invalid_in_poll = 0
         for tp in sorted(batches, key=lambda tp: (tp.topic, tp.partition)):
@@ -668,6 +674,40 @@ class KafkaSource:
             )
         self.invalid_count += invalid_in_poll
         return messages
+
+    def _check_seeks(self) -> None:
+        """Reset a partition whose seek offset lies beyond its high watermark to the ``auto_offset_reset`` offset.
+
+        A checkpoint can name an offset past the end of a topic that was deleted and created
+        again. Kafka answers such a fetch with OFFSET_OUT_OF_RANGE, and kafka-python then
+        resets the position itself. Tansu 0.6 answers with no records and the real high
+        watermark, so without this check the consumer would wait at that offset for good.
+        """
+        assignment = self._consumer.assignment()
+        for tp, offset in list(self._unchecked_seeks.items()):
+            if tp not in assignment:
+                del self._unchecked_seeks[tp]
+                continue
+            highwater = self._consumer.highwater(tp)
+            if highwater is None:
+                continue
+            del self._unchecked_seeks[tp]
+            if offset <= highwater:
+                continue
+            logger.warning(
+                "Kafka partition seek beyond the end of the log: group=%s partition=%s[%d] offset=%d high_watermark=%d; "
+                "the topic was probably deleted and created again, so the consumer resets to the %s offset",
+                self.config.group_id,
+                tp.topic,
+                tp.partition,
+                offset,
+                highwater,
+                self.config.auto_offset_reset,
+            )
+            if self.config.auto_offset_reset == "earliest":
+                self._consumer.seek_to_beginning(tp)
+            else:
+                self._consumer.seek_to_end(tp)
 
     def _decode(self, consumer_record: Any) -> SourceMessage:
         raw = bytes(consumer_record.value) if consumer_record.value is not None else b""

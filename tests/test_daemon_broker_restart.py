@@ -254,10 +254,9 @@ def test_daemon_survives_broker_restart(bundle_dir, machine_temperature, tmp_pat
                 create_topic(broker.bootstrap, topic, partitions=1)
             after = _records(machine_temperature, AFTER_ROWS)
             produce_records(broker.bootstrap, "metrics", after)
-            # NOTE: Tansu 0.6 answers a fetch beyond the high watermark with no records and no
-            # OFFSET_OUT_OF_RANGE. With --checkpoint-topic, a checkpoint of the lost input topic
-            # can reach the checkpoint topic after the restart, and the daemon then seeks past the
-            # end of the new input topic and waits there, so this case can time out below.
+            # With --checkpoint-topic, a checkpoint of the lost input topic can reach the new
+            # checkpoint topic, so the daemon may seek past the end of the new input topic. The
+            # source then resets that partition to the earliest offset.
             # Windows that lie wholly after the restart. Earlier ones span the gap to the records
             # lost with the broker's memory, so the engine skips them.
             expected = {record.timestamp for record in after[WINDOW - 1 :]}

@@ -306,3 +306,47 @@ def test_create_topic_existing(kafka_bootstrap):
 
     assert create_topic(kafka_bootstrap, name, partitions=2) is True
     assert create_topic(kafka_bootstrap, name, partitions=2) is False
+
+
+class _SeekOnAssign:
+    """A rebalance handler that seeks every assigned partition to one offset, as a checkpoint restore does."""
+
+    def __init__(self, offset: int) -> None:
+        self.offset = offset
+
+    def on_assigned(self, partitions):
+        return {partition: self.offset for partition in partitions}
+
+    def on_revoked(self, partitions):
+        return {}
+
+    def on_lost(self, partitions):
+        pass
+
+
+def test_seek_within_log_is_kept(kafka_bootstrap, new_topic, group_id, make_source):
+    topic = new_topic(partitions=1)
+    positions = produce_records(kafka_bootstrap, topic, _records(series_count=1, per_series=6, channels=1))
+    source = make_source([topic], group_id)
+    source.set_rebalance_handler(_SeekOnAssign(positions[3][1]))
+
+    messages = _consume_until(source, _last_offsets(positions, topic))
+
+    assert [message.offset for message in messages] == [offset for _, offset in positions[3:]]
+
+
+def test_seek_beyond_log_resets_to_earliest(kafka_bootstrap, new_topic, group_id, make_source, caplog):
+    # A checkpoint of a topic that was deleted and created again names an offset past the new log's end.
+    topic = new_topic(partitions=1)
+    positions = produce_records(kafka_bootstrap, topic, _records(series_count=1, per_series=6, channels=1))
+    source = make_source([topic], group_id)
+    source.set_rebalance_handler(_SeekOnAssign(positions[-1][1] + 50))
+
+    with caplog.at_level("WARNING", logger="connectors.kafka"):
+        messages = _consume_until(source, _last_offsets(positions, topic))
+
+    assert [message.offset for message in messages] == [offset for _, offset in positions]
+    warnings = [record.getMessage() for record in caplog.records if "seek beyond the end of the log" in record.getMessage()]
+    assert len(warnings) == 1
+    assert f"partition={topic}[0]" in warnings[0]
+    assert f"offset={positions[-1][1] + 50}" in warnings[0]
