@@ -452,8 +452,10 @@ class KafkaSource:
 
         The handler has ``on_assigned(partitions) -> {partition: offset}``, whose offsets
         the consumer seeks to, ``on_revoked(partitions) -> {partition: offset}``, whose
-        offsets are committed, and ``on_lost(partitions)``. A partition is a
-        ``(topic, partition)`` pair. They are called inside :meth:`poll` and :meth:`close`.
+        offsets are committed, ``on_lost(partitions)``, and ``on_reset(partitions)`` for
+        partitions whose seek offset lay beyond the log end and that now restart at the
+        ``auto_offset_reset`` offset. A partition is a ``(topic, partition)`` pair. They are
+        called inside :meth:`poll` and :meth:`close`.
         """
         self.rebalance_handler = handler
 
@@ -679,8 +681,8 @@ class KafkaSource:
         """Reset a partition whose seek offset lies beyond its high watermark to the ``auto_offset_reset`` offset.
 
         A checkpoint can name an offset past the end of a topic that was deleted and created
-        again. Kafka answers such a fetch with OFFSET_OUT_OF_RANGE, and kafka-python then
-        resets the position itself. Tansu 0.6 answers with no records and the real high
+        again. Kafka rejects such a fetch with OFFSET_OUT_OF_RANGE, and kafka-python then
+        resets the position itself. Tansu 0.6 returns no records and the real high
         watermark, so without this check the consumer would wait at that offset for good.
         """
         assignment = self._consumer.assignment()
@@ -708,6 +710,12 @@ class KafkaSource:
                 self._consumer.seek_to_beginning(tp)
             else:
                 self._consumer.seek_to_end(tp)
+
+            # The offsets of the old log would make the commits of the new one look stale.
+            partition_id = (tp.topic, tp.partition)
+            self._committed.pop(partition_id, None)
+            if self.rebalance_handler is not None:
+                self.rebalance_handler.on_reset([partition_id])
 
     def _decode(self, consumer_record: Any) -> SourceMessage:
         raw = bytes(consumer_record.value) if consumer_record.value is not None else b""

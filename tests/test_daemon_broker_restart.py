@@ -396,3 +396,64 @@ def test_daemon_exits_when_broker_unreachable_at_start(bundle_dir, tmp_path, ext
     assert len(error_lines) == 1, result.stderr[-3000:]
     assert f"Connecting to Kafka at {bootstrap}" in error_lines[0]
     assert "check that the broker is running" in error_lines[0]
+
+
+@pytest.mark.kafka
+def test_daemon_restarts_recreated_topic(bundle_dir, machine_temperature, tmp_path):
+    # The checkpoint of the first run names an offset past the end of the topic created again.
+    from connectors.kafka import create_topic, produce_records
+    from connectors.tansu import TansuBroker
+    from daemon_support import committed_offsets
+
+    from streamad.engine.checkpoint import CheckpointStore
+
+    first_rows, second_rows = slice(3400, 3700), slice(3700, 3850)
+    checkpoint_dir = tmp_path / "checkpoints"
+    log_path = tmp_path / "daemon.log"
+    scores_path = tmp_path / "scores.jsonl"
+    with TansuBroker(binary=require_tansu()) as broker:
+        arguments = [
+            "--model", str(bundle_dir), "--bootstrap-servers", broker.bootstrap, "--topic", "metrics",
+            "--group-id", "recreated", "--alerts", str(tmp_path / "alerts.jsonl"), "--scores", str(scores_path),
+            "--checkpoint-dir", str(checkpoint_dir), *DAEMON_OPTIONS,
+        ]
+        create_topic(broker.bootstrap, "metrics", partitions=1)
+        produce_records(broker.bootstrap, "metrics", _records(machine_temperature, first_rows))
+        first_windows = {int(machine_temperature.timestamps[row]) for row in range(first_rows.start + WINDOW - 1, first_rows.stop)}
+        daemon = start_streamad_run(arguments, log_path, mode="w")
+        try:
+            wait_for(lambda: first_windows <= _scored_timestamps(scores_path), 120, "the windows of the first run", [log_path])
+            daemon.send_signal(signal.SIGTERM)
+            assert daemon.wait(timeout=60) == 0, log_path.read_text()[-4000:]
+        finally:
+            if daemon.poll() is None:
+                daemon.kill()
+                daemon.wait(timeout=10)
+        store = CheckpointStore(checkpoint_dir)
+        assert store.read("metrics", 0).offset == first_rows.stop - first_rows.start - 1
+
+        broker.restart()
+        create_topic(broker.bootstrap, "metrics", partitions=1)
+        produce_records(broker.bootstrap, "metrics", _records(machine_temperature, second_rows))
+        # The restored buffers continue the series, so the windows that span both runs are complete.
+        second_windows = {int(machine_temperature.timestamps[row]) for row in range(second_rows.start, second_rows.stop)}
+        daemon = start_streamad_run(arguments, tmp_path / "daemon-second.log", mode="w")
+        try:
+            wait_for(
+                lambda: second_windows <= _scored_timestamps(scores_path), 120,
+                "the windows of the topic created again", [tmp_path / "daemon-second.log"],
+            )
+            daemon.send_signal(signal.SIGTERM)
+            assert daemon.wait(timeout=60) == 0, (tmp_path / "daemon-second.log").read_text()[-4000:]
+        finally:
+            if daemon.poll() is None:
+                daemon.kill()
+                daemon.wait(timeout=10)
+        committed = committed_offsets(broker.bootstrap, "recreated", "metrics", 1)
+
+    second_log = (tmp_path / "daemon-second.log").read_text()
+    assert "Kafka partition seek beyond the end of the log" in second_log
+    assert f"offset={first_rows.stop - first_rows.start}" in second_log
+    assert "checkpoint offsets forgotten after an offset reset: topic=metrics partition=0" in second_log
+    assert CheckpointStore(checkpoint_dir).read("metrics", 0).offset == second_rows.stop - second_rows.start - 1
+    assert committed == [second_rows.stop - second_rows.start]

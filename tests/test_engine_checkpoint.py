@@ -300,6 +300,26 @@ def test_checkpointer_lost_partition_forgets_series(bundle, tmp_path):
     assert CheckpointStore(tmp_path).read("metrics", 0) is None
 
 
+def test_checkpointer_reset_partition_keeps_series(bundle, tmp_path):
+    # The topic was created again, so the next records start at offset 0 of a new log.
+    engine = StreamEngine(bundle)
+    checkpointer = PartitionCheckpointer(engine, CheckpointStore(tmp_path))
+    records = _records(["a"])[:40]
+    engine.process(records[:30])
+    checkpointer.record(_messages(records[:30], {"a": 0}))
+    assert checkpointer.checkpoint() == {("metrics", 0): 30}
+
+    checkpointer.on_reset([("metrics", 0)])
+    engine.process(records[30:])
+    checkpointer.record(_messages(records[30:], {"a": 0}))
+
+    assert checkpointer.checkpoint() == {("metrics", 0): 10}
+    saved = CheckpointStore(tmp_path).read("metrics", 0)
+    assert saved.offset == 9
+    assert saved.state.meta["series"] == ["a"]
+    assert engine.buffers.seen[engine.buffers.slots["a"]] == 40
+
+
 def test_checkpointer_disabled_writes_nothing(bundle, tmp_path):
     engine = StreamEngine(bundle)
     checkpointer = PartitionCheckpointer(engine, CheckpointStore(tmp_path))

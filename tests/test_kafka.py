@@ -313,6 +313,7 @@ class _SeekOnAssign:
 
     def __init__(self, offset: int) -> None:
         self.offset = offset
+        self.reset = []
 
     def on_assigned(self, partitions):
         return {partition: self.offset for partition in partitions}
@@ -322,6 +323,9 @@ class _SeekOnAssign:
 
     def on_lost(self, partitions):
         pass
+
+    def on_reset(self, partitions):
+        self.reset.extend(partitions)
 
 
 def test_seek_within_log_is_kept(kafka_bootstrap, new_topic, group_id, make_source):
@@ -340,12 +344,16 @@ def test_seek_beyond_log_resets_to_earliest(kafka_bootstrap, new_topic, group_id
     topic = new_topic(partitions=1)
     positions = produce_records(kafka_bootstrap, topic, _records(series_count=1, per_series=6, channels=1))
     source = make_source([topic], group_id)
-    source.set_rebalance_handler(_SeekOnAssign(positions[-1][1] + 50))
+    handler = _SeekOnAssign(positions[-1][1] + 50)
+    source.set_rebalance_handler(handler)
 
     with caplog.at_level("WARNING", logger="connectors.kafka"):
         messages = _consume_until(source, _last_offsets(positions, topic))
+    committed = source.commit(messages)
 
     assert [message.offset for message in messages] == [offset for _, offset in positions]
+    assert handler.reset == [(topic, 0)]
+    assert committed == {(topic, 0): positions[-1][1] + 1}
     warnings = [record.getMessage() for record in caplog.records if "seek beyond the end of the log" in record.getMessage()]
     assert len(warnings) == 1
     assert f"partition={topic}[0]" in warnings[0]

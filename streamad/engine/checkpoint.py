@@ -394,6 +394,18 @@ class PartitionCheckpointer:
         """Forget the series of partitions that another consumer may already own, without a checkpoint."""
         self._drop(partitions)
 
+    def on_reset(self, partitions: Sequence[PartitionId]) -> None:
+        """Forget the offsets of partitions whose log was replaced, keeping the state of their series.
+
+        The source calls it when a restored offset lay beyond the end of the log, e.g. of a
+        topic deleted and created again, and it reads the partition from its start again.
+        The next checkpoint then records the offsets of the new log.
+        """
+        for partition_id in partitions:
+            self.applied.pop(partition_id, None)
+            self.checkpointed.pop(partition_id, None)
+            logger.info("checkpoint offsets forgotten after an offset reset: topic=%s partition=%d", *partition_id)
+
     def _drop(self, partitions: Sequence[PartitionId]) -> None:
         for partition_id in partitions:
             self.engine.forget(sorted(self.series.pop(partition_id, ())))
