@@ -684,6 +684,7 @@ class KafkaSource:
         again. Kafka rejects such a fetch with OFFSET_OUT_OF_RANGE, and kafka-python then
         resets the position itself. Tansu 0.6 returns no records and the real high
         watermark, so without this check the consumer would wait at that offset for good.
+        In both cases the rebalance handler's ``on_reset`` learns that the log was replaced.
         """
         assignment = self._consumer.assignment()
         for tp, offset in list(self._unchecked_seeks.items()):
@@ -706,10 +707,14 @@ class KafkaSource:
                 highwater,
                 self.config.auto_offset_reset,
             )
-            if self.config.auto_offset_reset == "earliest":
-                self._consumer.seek_to_beginning(tp)
-            else:
-                self._consumer.seek_to_end(tp)
+            # On Kafka, kafka-python has reset the position already, and the records of this
+            # poll come from there.
+            position = self._consumer.position(tp, timeout_ms=self.config.request_timeout_ms)
+            if position is None or position > highwater:
+                if self.config.auto_offset_reset == "earliest":
+                    self._consumer.seek_to_beginning(tp)
+                else:
+                    self._consumer.seek_to_end(tp)
 
             # The offsets of the old log would make the commits of the new one look stale.
             partition_id = (tp.topic, tp.partition)
