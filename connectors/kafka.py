@@ -284,6 +284,7 @@ class _RebalanceListener(ConsumerRebalanceListener):
         if not revoked:
             return
         logger.info("Kafka partitions revoked: group=%s partitions=%s", self._source.config.group_id, _format_partitions(revoked))
+        self._source._forget_next_offsets(revoked)
         handler = self._source.rebalance_handler
         if handler is None:
             return
@@ -296,6 +297,7 @@ class _RebalanceListener(ConsumerRebalanceListener):
     def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
         assigned = list(assigned)
         logger.info("Kafka partitions assigned: group=%s partitions=%s", self._source.config.group_id, _format_partitions(assigned))
+        self._source._forget_next_offsets(assigned)
         self._source._pause_if_paused(assigned)
         handler = self._source.rebalance_handler
         if handler is None or not assigned:
@@ -314,6 +316,7 @@ class _RebalanceListener(ConsumerRebalanceListener):
             self._source.config.group_id,
             _format_partitions(lost),
         )
+        self._source._forget_next_offsets(lost)
         handler = self._source.rebalance_handler
         if handler is None:
             return
@@ -347,8 +350,9 @@ class KafkaSource:
         self._closed = False
         self._buffered: list[SourceMessage] = []
         self._committed: dict[tuple[str, int], int] = {}
-        # Offsets of seek() that no fetch response has confirmed yet (see _check_seeks).
-        self._unchecked_seeks: dict[TopicPartition, int] = {}
+        # The offset each assigned partition reads next, from seek() and the returned records
+        # (see _check_log_ends). Unknown right after an assignment until records arrive.
+        self._next_offsets: dict[TopicPartition, int] = {}
         self.rebalance_handler: Any = None
         # Set by pause() and cleared by resume(); newly assigned partitions are paused while it is set.
         self._pausing = False
@@ -453,9 +457,9 @@ class KafkaSource:
         The handler has ``on_assigned(partitions) -> {partition: offset}``, whose offsets
         the consumer seeks to, ``on_revoked(partitions) -> {partition: offset}``, whose
         offsets are committed, ``on_lost(partitions)``, and ``on_reset(partitions)`` for
-        partitions whose seek offset lay beyond the log end and that now restart at the
-        ``auto_offset_reset`` offset. A partition is a ``(topic, partition)`` pair. They are
-        called inside :meth:`poll` and :meth:`close`.
+        partitions whose log was replaced and that now restart at the ``auto_offset_reset``
+        offset (see :meth:`_check_log_ends`). A partition is a ``(topic, partition)`` pair.
+        They are called inside :meth:`poll` and :meth:`close`.
         """
         self.rebalance_handler = handler
 
@@ -463,7 +467,7 @@ class KafkaSource:
         """Make the next fetch of an assigned partition start at ``offset``."""
         tp = TopicPartition(topic, partition)
         self._consumer.seek(tp, offset)
-        self._unchecked_seeks[tp] = offset
+        self._next_offsets[tp] = offset
         self._buffered = [m for m in self._buffered if (m.topic, m.partition) != (topic, partition)]
         logger.info("Kafka partition seek: group=%s partition=%s[%d] offset=%d", self.config.group_id, topic, partition, offset)
 
@@ -648,8 +652,7 @@ class KafkaSource:
 
     def _fetch(self, timeout_ms: int) -> list[SourceMessage]:
         batches = self._consumer.poll(timeout_ms=timeout_ms, max_records=self.config.max_poll_records)
-        if self._unchecked_seeks:
-            self._check_seeks()
+        self._check_log_ends(batches)
         messages: list[SourceMessage] = []
         invalid_in_poll = 0
         for tp in sorted(batches, key=lambda tp: (tp.topic, tp.partition)):
@@ -677,50 +680,65 @@ class KafkaSource:
         self.invalid_count += invalid_in_poll
         return messages
 
-    def _check_seeks(self) -> None:
-        """Reset a partition whose seek offset lies beyond its high watermark to the ``auto_offset_reset`` offset.
+    def _check_log_ends(self, batches: Mapping[TopicPartition, list]) -> None:
+        """Restart the partitions whose log was replaced under the consumer.
 
-        A checkpoint can name an offset past the end of a topic that was deleted and created
-        again. Kafka rejects such a fetch with OFFSET_OUT_OF_RANGE, and kafka-python then
-        resets the position itself. Tansu 0.6 returns no records and the real high
-        watermark, so without this check the consumer would wait at that offset for good.
-        In both cases the rebalance handler's ``on_reset`` learns that the log was replaced.
+        A topic deleted and created again, or a broker that lost its data, leaves the
+        consumer's offset past the end of the new log, e.g. the offset of a restored
+        checkpoint. Kafka rejects such a fetch with OFFSET_OUT_OF_RANGE and kafka-python
+        then resets the position to the ``auto_offset_reset`` offset itself, so the offsets
+        of a partition go back. Tansu 0.6 returns no records and the real high watermark
+        instead, so this source seeks to that offset when the next offset lies beyond the
+        high watermark. In both cases the committed offset is forgotten and the rebalance
+        handler's ``on_reset`` learns that the log was replaced.
         """
+        for tp, records in batches.items():
+            if not records:
+                continue
+            expected = self._next_offsets.get(tp)
+            if expected is not None and records[0].offset < expected:
+                logger.warning(
+                    "Kafka partition offset went back: group=%s partition=%s[%d] expected=%d offset=%d; "
+                    "the log was replaced (topic deleted and created again, or broker data lost), "
+                    "so checkpoints and commits restart with the new offsets",
+                    self.config.group_id, tp.topic, tp.partition, expected, records[0].offset,
+                )
+                self._log_replaced(tp)
+            self._next_offsets[tp] = records[-1].offset + 1
+
         assignment = self._consumer.assignment()
-        for tp, offset in list(self._unchecked_seeks.items()):
+        for tp in list(self._next_offsets):
             if tp not in assignment:
-                del self._unchecked_seeks[tp]
+                del self._next_offsets[tp]
                 continue
+            expected = self._next_offsets[tp]
             highwater = self._consumer.highwater(tp)
-            if highwater is None:
-                continue
-            del self._unchecked_seeks[tp]
-            if offset <= highwater:
+            if highwater is None or expected <= highwater:
                 continue
             logger.warning(
-                "Kafka partition seek beyond the end of the log: group=%s partition=%s[%d] offset=%d high_watermark=%d; "
-                "the topic was probably deleted and created again, so the consumer resets to the %s offset",
-                self.config.group_id,
-                tp.topic,
-                tp.partition,
-                offset,
-                highwater,
-                self.config.auto_offset_reset,
+                "Kafka partition offset beyond the end of the log: group=%s partition=%s[%d] offset=%d high_watermark=%d; "
+                "the log was replaced (topic deleted and created again, or broker data lost), so the consumer resets "
+                "to the %s offset",
+                self.config.group_id, tp.topic, tp.partition, expected, highwater, self.config.auto_offset_reset,
             )
-            # On Kafka, kafka-python has reset the position already, and the records of this
-            # poll come from there.
-            position = self._consumer.position(tp, timeout_ms=self.config.request_timeout_ms)
-            if position is None or position > highwater:
-                if self.config.auto_offset_reset == "earliest":
-                    self._consumer.seek_to_beginning(tp)
-                else:
-                    self._consumer.seek_to_end(tp)
+            if self.config.auto_offset_reset == "earliest":
+                self._consumer.seek_to_beginning(tp)
+            else:
+                self._consumer.seek_to_end(tp)
+            del self._next_offsets[tp]
+            self._log_replaced(tp)
 
-            # The offsets of the old log would make the commits of the new one look stale.
-            partition_id = (tp.topic, tp.partition)
-            self._committed.pop(partition_id, None)
-            if self.rebalance_handler is not None:
-                self.rebalance_handler.on_reset([partition_id])
+    def _log_replaced(self, tp: TopicPartition) -> None:
+        # The offsets of the old log would make the commits of the new one look stale.
+        partition_id = (tp.topic, tp.partition)
+        self._committed.pop(partition_id, None)
+        if self.rebalance_handler is not None:
+            self.rebalance_handler.on_reset([partition_id])
+
+    def _forget_next_offsets(self, partitions: Iterable[TopicPartition]) -> None:
+        """Forget the next offsets of partitions that moved, because their new position comes from the group."""
+        for tp in partitions:
+            self._next_offsets.pop(tp, None)
 
     def _decode(self, consumer_record: Any) -> SourceMessage:
         raw = bytes(consumer_record.value) if consumer_record.value is not None else b""

@@ -452,7 +452,7 @@ def test_daemon_restarts_recreated_topic(bundle_dir, machine_temperature, tmp_pa
         committed = committed_offsets(broker.bootstrap, "recreated", "metrics", 1)
 
     second_log = (tmp_path / "daemon-second.log").read_text()
-    assert "Kafka partition seek beyond the end of the log" in second_log
+    assert "Kafka partition offset beyond the end of the log" in second_log
     assert f"offset={first_rows.stop - first_rows.start}" in second_log
     assert "checkpoint offsets forgotten after an offset reset: topic=metrics partition=0" in second_log
     assert CheckpointStore(checkpoint_dir).read("metrics", 0).offset == second_rows.stop - second_rows.start - 1

@@ -24,7 +24,7 @@ from connectors.kafka import (
     create_topic,
     produce_records,
 )
-from streamad.records import Record
+from streamad.records import Record, encode_record
 
 pytestmark = pytest.mark.kafka
 
@@ -354,7 +354,45 @@ def test_seek_beyond_log_resets_to_earliest(kafka_bootstrap, new_topic, group_id
     assert [message.offset for message in messages] == [offset for _, offset in positions]
     assert handler.reset == [(topic, 0)]
     assert committed == {(topic, 0): positions[-1][1] + 1}
-    warnings = [record.getMessage() for record in caplog.records if "seek beyond the end of the log" in record.getMessage()]
+    warnings = [record.getMessage() for record in caplog.records if "offset beyond the end of the log" in record.getMessage()]
     assert len(warnings) == 1
     assert f"partition={topic}[0]" in warnings[0]
     assert f"offset={positions[-1][1] + 50}" in warnings[0]
+
+
+def test_source_restarts_recreated_topic(kafka_bootstrap, new_topic, group_id, make_source, caplog):
+    from kafka import KafkaAdminClient, KafkaProducer
+
+    from connectors.kafka import create_topic
+
+    topic = new_topic(partitions=1)
+    positions = produce_records(kafka_bootstrap, topic, _records(series_count=1, per_series=6, channels=1))
+    source = make_source([topic], group_id)
+    handler = _SeekOnAssign(0)
+    source.set_rebalance_handler(handler)
+    _consume_until(source, _last_offsets(positions, topic))
+
+    # While the source runs, the topic is deleted and created again with fewer records.
+    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap, request_timeout_ms=TEST_REQUEST_TIMEOUT_MS)
+    try:
+        admin.delete_topics([topic])
+    finally:
+        admin.close()
+    create_topic(kafka_bootstrap, topic, 1)
+    producer = KafkaProducer(bootstrap_servers=kafka_bootstrap)
+    try:
+        for record in _records(series_count=1, per_series=3, channels=1):
+            producer.send(topic, value=encode_record(record), partition=0).get(timeout=30)
+    finally:
+        producer.close()
+
+    with caplog.at_level("WARNING", logger="connectors.kafka"):
+        messages = _consume_until(source, {(topic, 0): 2})
+    committed = source.commit(messages)
+
+    assert [message.offset for message in messages] == [0, 1, 2]
+    assert handler.reset == [(topic, 0)]
+    assert committed == {(topic, 0): 3}
+    replaced = [record.getMessage() for record in caplog.records if "the log was replaced" in record.getMessage()]
+    assert len(replaced) == 1
+    assert f"partition={topic}[0]" in replaced[0]
