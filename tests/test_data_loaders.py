@@ -752,3 +752,12 @@ def test_jsonl_nan_token_missing_unless_rejected(tmp_path):
     assert np.isnan(series.values[1, 0])
     assert [line_number for line_number, _, _ in invalid] == [2]
     assert "'value' contains NaN, which is not a JSON number; use null" in str(invalid[0][2])
+
+
+def test_jsonl_all_lines_invalid_raises(tmp_path):
+    path = write(tmp_path / "t.jsonl", '{"timestamp": 0, "value": Infinity}\n{"timestamp": 1, "value": NaN}\n')
+    invalid = []
+
+    with pytest.raises(ValueError, match="t.jsonl contains no valid records: all of its 2 record lines are invalid"):
+        load_series_collection(path, reject_nan=True, on_invalid_line=lambda *call: invalid.append(call))
+    assert [line_number for line_number, _, _ in invalid] == [1, 2]

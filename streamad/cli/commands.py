@@ -76,9 +76,9 @@ def _load_data(
 ) -> list:
     """Load the series of every data file, keeping only ``channels`` (by name) when given.
 
-    With ``invalid_lines``, values are read as the daemon reads them: invalid lines of
-    JSON-lines files and CSV rows with an invalid value, NaN included, are skipped and collected
-    there. Without it, NaN is a missing value and an invalid value raises ValueError.
+    With ``invalid_lines``, invalid lines of JSON-lines files and CSV rows with an invalid
+    value are skipped and collected there, and a NaN value is invalid, as in a Kafka record.
+    Without it, NaN is a missing value and an invalid value raises ValueError.
     With ``out_of_order_rows``, the rows dropped for their timestamps are collected there.
     """
     from connectors.files import load_file_series
@@ -163,10 +163,11 @@ def train(args) -> int:
 
 
 class InvalidLines:
-    """Invalid lines of JSON-lines data files and CSV rows with invalid values that ``replay`` skipped, as dead-letter entries.
+    """Dead-letter entries of the data-file lines that ``replay`` skipped as invalid.
 
-    An entry has the fields of the daemon's dead letters, with ``topic`` the file path,
-    ``partition`` 0 and ``offset`` the line number, counted from 1 (a CSV header is line 1).
+    These are invalid lines of JSON-lines files and CSV rows with an invalid value. An entry
+    has the fields of the daemon's dead letters, with ``topic`` the file path, ``partition`` 0
+    and ``offset`` the line number, counted from 1 (a CSV header is line 1).
     """
 
     # At most this many invalid lines are logged one by one; the count covers all of them.

@@ -12,14 +12,14 @@ Supported formats, chosen by the file extension and, for other extensions, by th
   ``"value": 1.0``. ``"series"`` is optional and defaults to the file stem. The timestamp is
   an ISO-8601 string or epoch milliseconds.
 
-A missing value is an empty CSV cell or a JSON ``null``; it becomes NaN, which training
+A missing value is an empty CSV cell or a JSON ``null``. It becomes NaN, which training
 forward-fills up to ``max_fill`` steps and the streaming engine treats as a gap. By default a
 CSV cell that pandas reads as missing (``NaN``, ``NA``, ``null`` and the like) and the
 non-standard JSON token ``NaN`` are missing values too. With ``reject_nan=True`` they are
 invalid, as in a Kafka record, which cannot carry NaN. An infinite value (``inf``,
 ``Infinity``, or a number too large for float64 such as ``1e400``) and a CSV cell that is not a
 number are always invalid. With an ``on_invalid_line`` callback the loaders skip each line or
-row with an invalid value and pass it to the callback; otherwise they raise ValueError.
+row with an invalid value and pass it to the callback. Without one, they raise ValueError.
 
 Timestamps must be strictly increasing within a series. The loaders never sort, because
 sorting could interleave two recordings of the same period. By default they raise ValueError
@@ -601,6 +601,7 @@ def _load_json_lines(
     reject_nan: bool = False,
 ) -> list[Series]:
     collected: dict[str, _SeriesRecords] = {}
+    invalid_count = 0
 
     with open(path, encoding="utf-8") as handle:
         for line_number, line in enumerate(handle, start=1):
@@ -611,8 +612,11 @@ def _load_json_lines(
             except ValueError as error:
                 if on_invalid_line is None:
                     raise
+                invalid_count += 1
                 on_invalid_line(line_number, line, error)
 
+    if not collected and invalid_count:
+        raise ValueError(f"{path} contains no valid records: all of its {invalid_count} record lines are invalid")
     if not collected:
         raise ValueError(f"{path} contains no records; a JSON lines file needs one JSON object per line")
 
