@@ -279,7 +279,7 @@ def _load_csv(
     frame.columns = [str(name).strip() for name in frame.columns]
     if frame.empty:
         raise ValueError(f"{path} has a header but no data rows")
-    describe_row = _csv_row_describer(path, len(frame))
+    describe_row = _CsvRowNames(path, len(frame))
 
     time_name = _find_timestamp_column(path, list(frame.columns), timestamp_column)
     candidates = [name for name in frame.columns if name != time_name]
@@ -319,24 +319,34 @@ def _load_csv(
     return Series(path.stem, timestamps, values, list(selected), has_clock=time_name is not None)
 
 
-def _csv_row_describer(path: Path, row_count: int) -> Callable[[int], str]:
-    """Return a function that names a data row of a CSV file by its line, e.g. "line 306".
+class _CsvRowNames:
+    """Names of the data rows of a CSV file by their lines, e.g. "line 306", for messages.
 
-    The line is found by reading the file again, once per row named, because a blank line
-    or a quoted line break shifts it. When that fails, the row is named "data row N", counted
-    from 1 after the header.
+    The lines are found by reading the file again, because a blank line or a quoted line
+    break shifts them. When that fails, a row is named "data row N", counted from 1 after
+    the header.
     """
-    names: dict[int, str] = {}
 
-    def describe(row: int) -> str:
-        if row not in names:
-            try:
-                names[row] = f"line {_csv_records(path, {row}, row_count)[row][0]}"
-            except (OSError, ValueError, csv.Error, UnicodeDecodeError):
-                names[row] = f"data row {row + 1}"
-        return names[row]
+    def __init__(self, path: Path, row_count: int) -> None:
+        self.path = path
+        self.row_count = row_count
+        self.names: dict[int, str] = {}
 
-    return describe
+    def load(self, rows) -> None:
+        """Find the lines of ``rows`` in one pass over the file."""
+        missing = {int(row) for row in rows} - set(self.names)
+        if not missing:
+            return
+        try:
+            records = _csv_records(self.path, missing, self.row_count)
+        except (OSError, ValueError, csv.Error, UnicodeDecodeError):
+            records = {}
+        for row in missing:
+            self.names[row] = f"line {records[row][0]}" if row in records else f"data row {row + 1}"
+
+    def __call__(self, row: int) -> str:
+        self.load([row])
+        return self.names[row]
 
 
 # Openers of the compressions that pandas infers from these suffixes and the standard library reads.
@@ -446,7 +456,7 @@ def _find_timestamp_column(path: Path, columns: list[str], requested: str | None
     return matches[0] if matches else None
 
 
-def _check_numeric_columns(path: Path, frame: pd.DataFrame, names: list[str], describe_row: Callable[[int], str]) -> None:
+def _check_numeric_columns(path: Path, frame: pd.DataFrame, names: list[str], describe_row: _CsvRowNames) -> None:
     """Raise ValueError when a column has text cells and no number, naming the numeric columns to select."""
     text_columns = {}
     for name in names:
@@ -470,7 +480,7 @@ def _check_numeric_columns(path: Path, frame: pd.DataFrame, names: list[str], de
 
 
 def _numeric_column(
-    path: Path, column: pd.Series, name: str, describe_row: Callable[[int], str], invalid: dict[int, InvalidRecord]
+    path: Path, column: pd.Series, name: str, describe_row: _CsvRowNames, invalid: dict[int, InvalidRecord]
 ) -> np.ndarray:
     """Return a column as float64, with NaN for missing cells; add the rows of its invalid cells to ``invalid``.
 
@@ -484,10 +494,9 @@ def _numeric_column(
         converted = pd.to_numeric(column, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
         text = np.isnan(converted) & column.notna().to_numpy()
 
-    for row in np.flatnonzero(text | np.isinf(converted)):
-        row = int(row)
-        if row in invalid:
-            continue
+    bad_rows = [int(row) for row in np.flatnonzero(text | np.isinf(converted)) if int(row) not in invalid]
+    describe_row.load(bad_rows)
+    for row in bad_rows:
         cell = column.iloc[row]
         if not isinstance(cell, str):
             # pandas read the column as numbers, so it quotes the number that it read.
@@ -519,7 +528,7 @@ def _is_nan_text(cell: object) -> bool:
         return False
 
 
-def _parse_timestamp_column(path: Path, column: pd.Series, name: str, describe_row: Callable[[int], str]) -> np.ndarray:
+def _parse_timestamp_column(path: Path, column: pd.Series, name: str, describe_row: _CsvRowNames) -> np.ndarray:
     missing = column.isna().to_numpy()
     if missing.any():
         row = int(np.flatnonzero(missing)[0])
