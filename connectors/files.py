@@ -25,6 +25,7 @@ def load_file_series(
     channels: list[str] | None = None,
     on_invalid_line=None,
     on_out_of_order=None,
+    reject_nan: bool = False,
 ) -> list[Series]:
     """Load every series of a data file: one for CSV and ``.npy``, one or more for JSON lines.
 
@@ -33,16 +34,21 @@ def load_file_series(
     an hour repeated in NAB's machine-temperature file); ``"raise"`` rejects the file.
     ``channels`` selects channels by name (CSV column names, or positions ``"0"``, ``"1"``, ...
     for ``.npy`` files), e.g. the channels a model bundle was trained on.
-    ``on_invalid_line`` skips invalid lines of a JSON lines file, see
-    :func:`~streamad.data.load_series_collection`, and ``on_out_of_order`` gets each dropped
-    row, see :func:`~streamad.data.load_series`.
+    ``on_invalid_line`` skips invalid lines of a JSON lines file and CSV rows with an invalid
+    value, ``on_out_of_order`` gets each dropped row, and ``reject_nan`` makes a NaN value
+    invalid instead of missing, see :func:`~streamad.data.load_series`.
     """
     path = Path(path)
+    options = {
+        "channels": channels,
+        "out_of_order": out_of_order,
+        "on_invalid_line": on_invalid_line,
+        "on_out_of_order": on_out_of_order,
+        "reject_nan": reject_nan,
+    }
     if path.suffix.lower() in (".jsonl", ".ndjson", ".json"):
-        return load_series_collection(
-            path, channels=channels, out_of_order=out_of_order, on_invalid_line=on_invalid_line, on_out_of_order=on_out_of_order
-        )
-    return [load_series(path, channels=channels, out_of_order=out_of_order, on_out_of_order=on_out_of_order)]
+        return load_series_collection(path, **options)
+    return [load_series(path, **options)]
 
 
 class FileReplaySource(SeriesSource):

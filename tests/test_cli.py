@@ -306,6 +306,7 @@ def test_name_options_rewrites_only_options():
     assert name_options("resolve_after=0 (--resolve-after) is invalid", parsers["replay"]) == "--resolve-after 0 is invalid"
     assert name_options("window=200 is too long", parsers["select"]) == "window=200 is too long"
     assert name_options("max_fill=-1 is invalid", None) == "max_fill=-1 is invalid"
+    assert name_options("pass channels=['a', 'b'] to load", train) == "pass --channels a,b to load"
 
 
 def test_cli_replay_skips_values_out_of_range(two_channel_model, tmp_path, capsys, caplog):
@@ -464,3 +465,89 @@ def test_cli_replay_dead_letters_nab_late_rows(machine_model, tmp_path, capsys):
     summary = capsys.readouterr().out
     assert "rejected 1 records: duplicate_timestamp" in summary
     assert "rejected 11 records: timestamp_not_increasing" in summary
+
+
+# (CSV cell, JSON token, reason) of values that replay sends to the dead letters, as the daemon does.
+BAD_VALUES = [
+    ("inf", "Infinity", "non_finite"),
+    ("-inf", "-Infinity", "non_finite"),
+    ("1e400", "1e400", "non_finite"),
+    ("NaN", "NaN", "non_finite"),
+    ("abc", '"abc"', "bad_type"),
+]
+
+
+def _insert_bad_values(rows, data_format):
+    """Return the row texts with a row of each bad value inserted, 150 s after a good row, and {index: reason}."""
+    import datetime as dt
+
+    texts = _row_texts(rows, data_format)
+    bad = {}
+    for number, (cell, token, reason) in enumerate(BAD_VALUES):
+        index = 40 * (number + 1) + number
+        moment = dt.datetime.strptime(rows[index - number - 1][0], "%Y-%m-%d %H:%M:%S") + dt.timedelta(seconds=150)
+        if data_format == "csv":
+            text = f"{moment:%Y-%m-%d %H:%M:%S},{cell}"
+        else:
+            text = f'{{"timestamp": "{moment:%Y-%m-%dT%H:%M:%S}Z", "value": {token}}}'
+        texts.insert(index, text)
+        bad[index] = reason
+    return texts, bad
+
+
+@pytest.mark.parametrize("data_format", ["csv", "jsonl"])
+def test_cli_replay_dead_letters_bad_values(machine_model, tmp_path, capsys, data_format):
+    rows = _machine_rows()
+    texts, bad = _insert_bad_values(rows, data_format)
+    (tmp_path / "clean").mkdir()
+    (tmp_path / "bad").mkdir()
+    clean_path = tmp_path / "clean" / f"machine.{data_format}"
+    bad_path = tmp_path / "bad" / f"machine.{data_format}"
+    _write_rows(clean_path, rows, data_format)
+    header = ["timestamp,value"] if data_format == "csv" else []
+    bad_path.write_text("\n".join(header + texts) + "\n")
+    first_line = 1 + len(header)
+    dead_letters = tmp_path / "dead.jsonl"
+
+    clean_scores, clean_alerts = _replay(machine_model, clean_path, tmp_path / "clean-out")
+    capsys.readouterr()
+    bad_scores, bad_alerts = _replay(machine_model, bad_path, tmp_path / "bad-out", dead_letters)
+
+    assert len(clean_scores.splitlines()) == 1 + len(rows) - 31
+    assert bad_scores == clean_scores
+    assert bad_alerts == clean_alerts
+    entries = [json.loads(line) for line in dead_letters.read_text().splitlines()]
+    assert [entry["offset"] for entry in entries] == [index + first_line for index in sorted(bad)]
+    for entry, index in zip(entries, sorted(bad)):
+        assert entry["reason"] == bad[index], texts[index]
+        assert entry["topic"] == str(bad_path)
+        assert entry["partition"] == 0
+        assert base64.b64decode(entry["raw_base64"]).decode() == texts[index]
+        assert f"line {entry['offset']}" in entry["message"]
+    summary = capsys.readouterr().out
+    assert f"{len(BAD_VALUES)} invalid lines skipped (written to {dead_letters})" in summary
+
+
+def test_cli_train_bad_cell_names_line(tmp_path, capsys):
+    lines = ["timestamp,value"] + [f"2024-01-01T{i // 60:02d}:{i % 60:02d}:00,{i % 7}" for i in range(100)]
+    lines[50] = "2024-01-01T00:49:00,abc"
+    data = tmp_path / "bad.csv"
+    data.write_text("\n".join(lines) + "\n")
+
+    assert main(["train", "--data", str(data), "--out", str(tmp_path / "model")]) == 2
+
+    error = capsys.readouterr().err
+    assert "bad.csv: line 51, column 'value' contains 'abc', which is not a number" in error
+    assert "channels" not in error
+
+
+def test_cli_train_text_column_names_channels_option(tmp_path, capsys):
+    lines = ["timestamp,value,host"] + [f"2024-01-01T{i // 60:02d}:{i % 60:02d}:00,{i % 7},web1" for i in range(100)]
+    data = tmp_path / "hosts.csv"
+    data.write_text("\n".join(lines) + "\n")
+
+    assert main(["train", "--data", str(data), "--out", str(tmp_path / "model")]) == 2
+
+    error = capsys.readouterr().err
+    assert "column 'host' contains no numbers (line 2 contains 'web1')" in error
+    assert "pass --channels value to load only the numeric columns" in error

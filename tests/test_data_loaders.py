@@ -56,7 +56,7 @@ def test_nab_out_of_order_file_raises():
 
     message = str(caught.value)
     assert "machine_temperature_system_failure.csv" in message
-    assert "data row 10150 (2014-01-07T02:00:00Z)" in message
+    assert "line 10151 (2014-01-07T02:00:00Z)" in message
     assert "sort the file" in message
 
 
@@ -70,6 +70,7 @@ def test_nab_out_of_order_file_drop(caplog):
     assert np.all(np.diff(series.timestamps) > 0)
     assert series.values[0, 0] == pytest.approx(73.96732207)
     assert "dropped 12 row(s)" in caplog.text
+    assert "the first at line 10151" in caplog.text
 
 
 @needs_shared_data
@@ -186,14 +187,19 @@ def test_csv_non_numeric_column_raises(tmp_path):
     assert "t.csv" in message
     assert "'host'" in message
     assert "'web1'" in message
-    assert "channels=[...]" in message
+    assert "line 2" in message
+    assert "pass channels=['v']" in message
 
 
 def test_csv_bad_number_in_selected_channel(tmp_path):
     path = write(tmp_path / "t.csv", "timestamp,v\n2024-01-01,1\n2024-01-02,oops\n")
 
-    with pytest.raises(ValueError, match=r"column 'v' is not numeric \(data row 2 contains 'oops'\)"):
+    with pytest.raises(ValueError) as caught:
         load_series(path, channels=["v"])
+
+    message = str(caught.value)
+    assert "t.csv: line 3, column 'v' contains 'oops', which is not a number" in message
+    assert "channels" not in message
 
 
 def test_csv_unknown_channel_raises(tmp_path):
@@ -231,14 +237,14 @@ def test_csv_invalid_timestamp_names_row(tmp_path):
         load_series(path)
 
     message = str(caught.value)
-    assert "data row 2" in message
+    assert "line 3, column 'timestamp'" in message
     assert "'not-a-date'" in message
 
 
 def test_csv_missing_timestamp_names_row(tmp_path):
     path = write(tmp_path / "t.csv", "timestamp,v\n2024-01-01,1\n,2\n")
 
-    with pytest.raises(ValueError, match="data row 2 has no value in the timestamp column 'timestamp'"):
+    with pytest.raises(ValueError, match="line 3 has no value in the timestamp column 'timestamp'"):
         load_series(path)
 
 
@@ -249,14 +255,14 @@ def test_csv_unsorted_raises(tmp_path):
         load_series(path)
 
     message = str(caught.value)
-    assert "data row 2 (2024-01-01T00:00:00Z)" in message
+    assert "line 3 (2024-01-01T00:00:00Z)" in message
     assert "sort the file by timestamp" in message
 
 
 def test_csv_duplicate_raises(tmp_path):
     path = write(tmp_path / "t.csv", "timestamp,v\n2024-01-01,1\n2024-01-02,2\n2024-01-02,3\n")
 
-    with pytest.raises(ValueError, match="data row 3 repeats the timestamp 2024-01-02T00:00:00Z of data row 2"):
+    with pytest.raises(ValueError, match="line 4 repeats the timestamp 2024-01-02T00:00:00Z of line 3"):
         load_series(path)
 
 
@@ -616,3 +622,142 @@ def test_jsonl_detected_by_content(tmp_path):
     path = write(tmp_path / "stream.log", '{"timestamp": 0, "value": 1}\n')
 
     assert load_series(path).channels == ["value"]
+
+
+# Invalid values ------------------------------------------------------------------------------
+
+# (cell, reason) of CSV cells that a replay rejects, as the daemon's decoder rejects such values.
+INVALID_CSV_CELLS = [
+    ("inf", "non_finite"),
+    ("-inf", "non_finite"),
+    ("1e400", "non_finite"),
+    ("NaN", "non_finite"),
+    ("abc", "bad_type"),
+]
+
+
+def _csv_with_cells(path, cells):
+    """Write a CSV file with a good row before and after each cell; return {line number: row text}."""
+    lines = ["timestamp,v"]
+    bad = {}
+    for index, cell in enumerate(cells):
+        lines.append(f"2024-01-01 00:{3 * index:02d}:00,{index}")
+        lines.append(f"2024-01-01 00:{3 * index + 1:02d}:00,{cell}")
+        bad[len(lines)] = lines[-1]
+    lines.append("2024-01-01 01:00:00,99")
+    write(path, "\n".join(lines) + "\n")
+    return bad
+
+
+def test_csv_invalid_cells_go_to_handler(tmp_path):
+    path = tmp_path / "t.csv"
+    bad = _csv_with_cells(path, [cell for cell, _ in INVALID_CSV_CELLS])
+    invalid = []
+
+    series = load_series(path, on_invalid_line=lambda *call: invalid.append(call), reject_nan=True)
+
+    assert series.values[:, 0].tolist() == [0.0, 1.0, 2.0, 3.0, 4.0, 99.0]
+    assert [line_number for line_number, _, _ in invalid] == sorted(bad)
+    for (line_number, line, error), (cell, reason) in zip(invalid, INVALID_CSV_CELLS):
+        assert line == bad[line_number]
+        assert error.reason == reason, cell
+        assert f"t.csv: line {line_number}, column 'v' contains {cell!r}" in str(error)
+
+
+def test_csv_nan_is_missing_without_reject_nan(tmp_path):
+    path = write(tmp_path / "t.csv", "timestamp,v\n2024-01-01,1\n2024-01-02,NaN\n2024-01-03,\n2024-01-04,inf\n")
+    invalid = []
+
+    series = load_series(path, on_invalid_line=lambda *call: invalid.append(call))
+
+    assert np.isnan(series.values[1:, 0]).all()
+    assert len(series) == 3
+    assert [(line_number, error.reason) for line_number, _, error in invalid] == [(5, "non_finite")]
+
+
+def test_csv_empty_cell_stays_missing_with_reject_nan(tmp_path):
+    path = write(tmp_path / "t.csv", "timestamp,v\n2024-01-01,1\n2024-01-02,\n")
+
+    series = load_series(path, reject_nan=True, on_invalid_line=lambda *call: pytest.fail(f"rejected {call}"))
+
+    assert series.values[0, 0] == 1.0
+    assert np.isnan(series.values[1, 0])
+
+
+@pytest.mark.parametrize("cell", ["inf", "-Infinity", "1e400"])
+def test_csv_infinity_raises_without_handler(tmp_path, cell):
+    path = write(tmp_path / "t.csv", f"timestamp,v\n2024-01-01,1\n2024-01-02,{cell}\n")
+
+    with pytest.raises(ValueError) as caught:
+        load_series(path)
+
+    message = str(caught.value)
+    assert "t.csv: line 3, column 'v' contains" in message
+    assert "which is infinite or too large for float64" in message
+
+
+def test_csv_invalid_rows_keep_out_of_order_lines(tmp_path):
+    path = write(
+        tmp_path / "t.csv",
+        "timestamp,v\n2024-01-01,1\n2024-01-02,abc\n2024-01-03,3\n2024-01-02,4\n2024-01-04,5\n",
+    )
+    invalid = []
+    dropped = []
+
+    series = load_series(
+        path, out_of_order="drop", on_out_of_order=dropped.append, on_invalid_line=lambda *call: invalid.append(call)
+    )
+
+    assert series.values[:, 0].tolist() == [1.0, 3.0, 5.0]
+    assert [(line_number, line) for line_number, line, _ in invalid] == [(3, "2024-01-02,abc")]
+    assert [(row.line_number, row.line) for row in dropped] == [(5, "2024-01-02,4")]
+
+
+def test_csv_text_column_raises_with_handler(tmp_path):
+    path = write(tmp_path / "t.csv", "timestamp,v,host\n2024-01-01,1,web1\n2024-01-02,2,web2\n")
+
+    with pytest.raises(ValueError, match=r"column 'host' contains no numbers .* pass channels=\['v'\]"):
+        load_series(path, on_invalid_line=lambda *call: None)
+
+
+@pytest.mark.parametrize(
+    ("token", "fragment"),
+    [
+        ("Infinity", "'value' contains inf, which is infinite"),
+        ("-Infinity", "'value' contains -inf, which is infinite"),
+        ("1e400", "'value' contains inf, which is infinite"),
+        ("1" + "0" * 400, "'value' contains an integer too large for float64"),
+    ],
+)
+def test_jsonl_infinity_raises(tmp_path, token, fragment):
+    path = write(tmp_path / "t.jsonl", '{"timestamp": 0, "value": 0}\n{"timestamp": 1, "value": ' + token + "}\n")
+
+    with pytest.raises(ValueError) as caught:
+        load_series(path)
+
+    assert f"t.jsonl, line 2: {fragment}" in str(caught.value)
+
+
+def test_jsonl_nan_token_missing_unless_rejected(tmp_path):
+    path = write(
+        tmp_path / "t.jsonl",
+        '{"timestamp": 0, "value": 0}\n{"timestamp": 1, "value": NaN}\n{"timestamp": 2, "value": null}\n',
+    )
+    invalid = []
+
+    assert np.isnan(load_series(path).values[1:, 0]).all()
+    series = load_series_collection(path, reject_nan=True, on_invalid_line=lambda *call: invalid.append(call))[0]
+
+    assert len(series) == 2
+    assert np.isnan(series.values[1, 0])
+    assert [line_number for line_number, _, _ in invalid] == [2]
+    assert "'value' contains NaN, which is not a JSON number; use null" in str(invalid[0][2])
+
+
+def test_jsonl_all_lines_invalid_raises(tmp_path):
+    path = write(tmp_path / "t.jsonl", '{"timestamp": 0, "value": Infinity}\n{"timestamp": 1, "value": NaN}\n')
+    invalid = []
+
+    with pytest.raises(ValueError, match="t.jsonl contains no valid records: all of its 2 record lines are invalid"):
+        load_series_collection(path, reject_nan=True, on_invalid_line=lambda *call: invalid.append(call))
+    assert [line_number for line_number, _, _ in invalid] == [1, 2]

@@ -76,7 +76,9 @@ def _load_data(
 ) -> list:
     """Load the series of every data file, keeping only ``channels`` (by name) when given.
 
-    With ``invalid_lines``, invalid lines of JSON-lines files are skipped and collected there.
+    With ``invalid_lines``, invalid lines of JSON-lines files and CSV rows with an invalid
+    value are skipped and collected there, and a NaN value is invalid, as in a Kafka record.
+    Without it, NaN is a missing value and an invalid value raises ValueError.
     With ``out_of_order_rows``, the rows dropped for their timestamps are collected there.
     """
     from connectors.files import load_file_series
@@ -88,7 +90,13 @@ def _load_data(
         handler = None if invalid_lines is None else invalid_lines.handler(path)
         dropped_handler = None if out_of_order_rows is None else out_of_order_rows.handler(path)
         series_list.extend(
-            load_file_series(path, channels=channels, on_invalid_line=handler, on_out_of_order=dropped_handler)
+            load_file_series(
+                path,
+                channels=channels,
+                on_invalid_line=handler,
+                on_out_of_order=dropped_handler,
+                reject_nan=invalid_lines is not None,
+            )
         )
     return series_list
 
@@ -155,10 +163,11 @@ def train(args) -> int:
 
 
 class InvalidLines:
-    """Invalid lines of JSON-lines data files that ``replay`` skipped, as dead-letter entries.
+    """Dead-letter entries of the data-file lines that ``replay`` skipped as invalid.
 
-    An entry has the fields of the daemon's dead letters, with ``topic`` the file path,
-    ``partition`` 0 and ``offset`` the line number, counted from 1.
+    These are invalid lines of JSON-lines files and CSV rows with an invalid value. An entry
+    has the fields of the daemon's dead letters, with ``topic`` the file path, ``partition`` 0
+    and ``offset`` the line number, counted from 1 (a CSV header is line 1).
     """
 
     # At most this many invalid lines are logged one by one; the count covers all of them.
@@ -177,7 +186,9 @@ class InvalidLines:
             return
         text = line.rstrip("\r\n")
         position = SimpleNamespace(topic=path, partition=0, offset=line_number, raw=text.encode("utf-8", "surrogateescape"))
-        entry = dead_letter_entry(position, _invalid_line_reason(path, text), str(error))
+        # A CSV row comes with the reason of its value. A JSON line is decoded again as a Kafka record.
+        reason = error.reason if isinstance(error, InvalidRecord) else _invalid_line_reason(path, text)
+        entry = dead_letter_entry(position, reason, str(error))
         self.entries[(path, line_number)] = entry
         if len(self.entries) <= self.max_logged:
             logger.warning("skipping invalid line: file=%s line=%d reason=%s: %s", path, line_number, entry["reason"], error)

@@ -11,8 +11,9 @@ def name_options(message: str, parser: argparse.ArgumentParser | None) -> str:
 
     Library errors name the Python parameter (``max_fill=-1 is invalid; ... raise max_fill``)
     that the command passed on from its option of the same destination. ``name=value``
-    becomes ``--name value``, and a bare name with an underscore becomes ``--name``; a bare
-    name without one is left alone, because it may be an ordinary word such as "window".
+    becomes ``--name value``, a list of names ``name=['a', 'b']`` becomes ``--name a,b``, and
+    a bare name with an underscore becomes ``--name``. A bare name without an underscore is
+    left alone, because it may be an ordinary word such as "window".
     Names that are not options of ``parser``, such as the fields of a ``select`` grid file,
     are left as they are.
     """
@@ -27,6 +28,11 @@ def name_options(message: str, parser: argparse.ArgumentParser | None) -> str:
         return message
 
     names = "|".join(re.escape(dest) for dest in sorted(flags, key=len, reverse=True))
+    # A list of names, "channels=['a', 'b']", becomes the comma-separated "--channels a,b".
+    name_list = re.compile(rf"(?<![\w.-])({names})=\[((?:'[^',]*'(?:, )?)+)\]")
+    message = name_list.sub(
+        lambda match: flags[match.group(1)] + " " + ",".join(re.findall(r"'([^']*)'", match.group(2))), message
+    )
     assignment = re.compile(rf"(?<![\w.-])({names})=")
     for dest in set(assignment.findall(message)):
         # A message that already names the option after the parameter: "resolve_after=0 (--resolve-after)".

@@ -12,6 +12,15 @@ Supported formats, chosen by the file extension and, for other extensions, by th
   ``"value": 1.0``. ``"series"`` is optional and defaults to the file stem. The timestamp is
   an ISO-8601 string or epoch milliseconds.
 
+A missing value is an empty CSV cell or a JSON ``null``. It becomes NaN, which training
+forward-fills up to ``max_fill`` steps and the streaming engine treats as a gap. By default a
+CSV cell that pandas reads as missing (``NaN``, ``NA``, ``null`` and the like) and the
+non-standard JSON token ``NaN`` are missing values too. With ``reject_nan=True`` they are
+invalid, as in a Kafka record, which cannot carry NaN. An infinite value (``inf``,
+``Infinity``, or a number too large for float64 such as ``1e400``) and a CSV cell that is not a
+number are always invalid. With an ``on_invalid_line`` callback the loaders skip each line or
+row with an invalid value and pass it to the callback. Without one, they raise ValueError.
+
 Timestamps must be strictly increasing within a series. The loaders never sort, because
 sorting could interleave two recordings of the same period. By default they raise ValueError
 naming the first row that is out of order. With ``out_of_order="drop"`` they keep the file
@@ -30,6 +39,7 @@ import json
 import logging
 import lzma
 import math
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +48,7 @@ import numpy as np
 import pandas as pd
 
 from streamad.data.series import Series, format_timestamp, parse_timestamp
+from streamad.records import InvalidRecord
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +56,10 @@ TIMESTAMP_COLUMN_NAMES = ("timestamp", "time", "date", "datetime")
 
 _JSON_LINES_SUFFIXES = (".jsonl", ".ndjson", ".json")
 
-# Called with (line number, line text, error) for each invalid line of a JSON lines file that is skipped.
+# Called with (line number, line text, error) for each invalid line of a JSON lines file, or
+# each CSV row with an invalid value, that is skipped. Line numbers count from 1, so a CSV
+# header is line 1. For a CSV row the error is an InvalidRecord whose reason is the one that the
+# daemon's decoder gives such a value: "bad_type" for text, "non_finite" for NaN or infinity.
 InvalidLineHandler = Callable[[int, str, ValueError], None]
 
 
@@ -81,6 +95,8 @@ def load_series(
     series_id: str | None = None,
     out_of_order: str = "raise",
     on_out_of_order: OutOfOrderHandler | None = None,
+    on_invalid_line: InvalidLineHandler | None = None,
+    reject_nan: bool = False,
 ) -> Series:
     """Load one time series from a CSV, ``.npy`` or JSON lines file.
 
@@ -107,11 +123,20 @@ def load_series(
         With ``out_of_order="drop"``, called with an :class:`OutOfOrderRow` for each
         skipped row, after the warning. ``.npy`` files and CSV files without a timestamp
         column have no such rows.
+    on_invalid_line
+        Called with ``(line_number, line, error)`` for each invalid line of a JSON lines file
+        and each CSV row with an invalid value, which are then skipped instead of raising.
+        The module docstring lists the invalid values.
+    reject_nan
+        Treat a NaN written as a value (a CSV cell ``NaN``, the JSON token ``NaN``) as
+        invalid, as the daemon does, instead of as a missing value. An empty CSV cell and a
+        JSON ``null`` stay missing values.
 
     Raises
     ------
     ValueError
-        When the file is malformed, a requested column is missing, a channel is not numeric,
+        When the file is malformed, a requested column is missing, a value is not a finite
+        number or a missing value (without ``on_invalid_line``),
         the timestamps are not strictly increasing (with ``out_of_order="raise"``), or a
         JSON lines file contains more than
         one series (use :func:`load_series_collection` for those). The message names the
@@ -140,11 +165,12 @@ def load_series(
         )
 
     if kind == "csv":
-        series = _load_csv(path, timestamp_column, channels, out_of_order, on_out_of_order)
+        series = _load_csv(path, timestamp_column, channels, out_of_order, on_out_of_order, on_invalid_line, reject_nan)
     elif kind == "npy":
+        # NOTE: .npy arrays are not checked for infinite values.
         series = _load_npy(path, channels)
     else:
-        collection = _load_json_lines(path, channels, out_of_order, on_out_of_order=on_out_of_order)
+        collection = _load_json_lines(path, channels, out_of_order, on_invalid_line, on_out_of_order, reject_nan)
         if len(collection) > 1:
             ids = ", ".join(repr(item.series_id) for item in collection[:5])
             raise ValueError(
@@ -168,17 +194,19 @@ def load_series_collection(
     out_of_order: str = "raise",
     on_invalid_line: InvalidLineHandler | None = None,
     on_out_of_order: OutOfOrderHandler | None = None,
+    reject_nan: bool = False,
 ) -> list[Series]:
     """Load every series in a file, in order of first appearance.
 
     A JSON lines file may interleave records of several series, identified by their
     ``"series"`` field. CSV and ``.npy`` files contain one series, which is returned as a
-    one-element list. ``channels``, ``out_of_order`` and ``on_out_of_order`` work as in
-    :func:`load_series`, and the order of timestamps is checked within each series.
+    one-element list. ``channels``, ``out_of_order``, ``on_out_of_order``, ``on_invalid_line``
+    and ``reject_nan`` work as in :func:`load_series`, and the order of timestamps is checked
+    within each series.
 
-    By default an invalid line of a JSON lines file raises ValueError. With
-    ``on_invalid_line(line_number, line, error)`` the line is passed to it and skipped
-    instead. Line numbers start at 1. It does not apply to CSV and ``.npy`` files.
+    By default an invalid line of a JSON lines file, or a CSV row with an invalid value,
+    raises ValueError. With ``on_invalid_line(line_number, line, error)`` the line is passed
+    to it and skipped instead. Line numbers start at 1. It does not apply to ``.npy`` files.
 
     Examples
     --------
@@ -196,8 +224,16 @@ def load_series_collection(
     path = Path(path)
     _check_out_of_order_policy(out_of_order)
     if _detect_format(path) == "jsonl":
-        return _load_json_lines(path, channels, out_of_order, on_invalid_line, on_out_of_order)
-    return [load_series(path, channels=channels, out_of_order=out_of_order, on_out_of_order=on_out_of_order)]
+        return _load_json_lines(path, channels, out_of_order, on_invalid_line, on_out_of_order, reject_nan)
+    series = load_series(
+        path,
+        channels=channels,
+        out_of_order=out_of_order,
+        on_out_of_order=on_out_of_order,
+        on_invalid_line=on_invalid_line,
+        reject_nan=reject_nan,
+    )
+    return [series]
 
 
 def _detect_format(path: Path) -> str:
@@ -228,9 +264,13 @@ def _load_csv(
     channels: Sequence[str] | None,
     out_of_order: str,
     on_out_of_order: OutOfOrderHandler | None = None,
+    on_invalid_line: InvalidLineHandler | None = None,
+    reject_nan: bool = False,
 ) -> Series:
+    # With reject_nan only empty cells are missing, so that a cell "NaN" stays text and is found below.
+    missing_options = {"keep_default_na": False, "na_values": [""]} if reject_nan else {}
     try:
-        frame = pd.read_csv(path, skipinitialspace=True)
+        frame = pd.read_csv(path, skipinitialspace=True, **missing_options)
     except pd.errors.EmptyDataError:
         raise ValueError(f"{path} is empty; a CSV file needs a header row and at least one data row") from None
     except pd.errors.ParserError as error:
@@ -239,6 +279,7 @@ def _load_csv(
     frame.columns = [str(name).strip() for name in frame.columns]
     if frame.empty:
         raise ValueError(f"{path} has a header but no data rows")
+    describe_row = _CsvRowNames(path, len(frame))
 
     time_name = _find_timestamp_column(path, list(frame.columns), timestamp_column)
     candidates = [name for name in frame.columns if name != time_name]
@@ -248,35 +289,81 @@ def _load_csv(
         selected = _check_requested_channels(path, channels, candidates)
     if not selected:
         raise ValueError(f"{path} has no channel columns besides the timestamp column {time_name!r}")
+    _check_numeric_columns(path, frame, selected, describe_row)
 
     values = np.empty((len(frame), len(selected)), dtype=np.float64)
+    # The first invalid value of each row with one, by row.
+    invalid: dict[int, InvalidRecord] = {}
     for position, name in enumerate(selected):
-        values[:, position] = _numeric_column(path, frame[name], name, explicit=channels is not None)
+        values[:, position] = _numeric_column(path, frame[name], name, describe_row, invalid)
+    if invalid and on_invalid_line is None:
+        raise invalid[min(invalid)]
+    rows = np.array([row for row in range(len(frame)) if row not in invalid], dtype=np.int64)
+    if invalid:
+        _report_invalid_csv_rows(path, invalid, len(frame), on_invalid_line)
+        if len(rows) == 0:
+            raise ValueError(f"{path} has no data row with valid values; every row has an invalid value")
 
     if time_name is None:
-        logger.info("%s has no timestamp column; indexing its %d rows by step", path, len(frame))
-        timestamps = np.arange(len(frame), dtype=np.int64)
+        logger.info("%s has no timestamp column; indexing its %d rows by step", path, len(rows))
+        timestamps = np.arange(len(rows), dtype=np.int64)
+        values = values[rows]
     else:
-        timestamps = _parse_timestamp_column(path, frame[time_name], time_name)
-        keep = _ordered_rows(path, timestamps, lambda row: f"data row {row + 1}", out_of_order)
+        timestamps = _parse_timestamp_column(path, frame[time_name], time_name, describe_row)[rows]
+        keep = _ordered_rows(path, timestamps, lambda index: describe_row(int(rows[index])), out_of_order)
         if on_out_of_order is not None and not keep.all():
-            _report_csv_rows(path, timestamps, keep, on_out_of_order)
+            _report_csv_rows(path, timestamps, rows, len(frame), keep, on_out_of_order)
         timestamps = timestamps[keep]
-        values = values[keep]
+        values = values[rows][keep]
 
     return Series(path.stem, timestamps, values, list(selected), has_clock=time_name is not None)
+
+
+class _CsvRowNames:
+    """Names of the data rows of a CSV file by their lines, e.g. "line 306", for messages.
+
+    The lines are found by reading the file again, because a blank line or a quoted line
+    break shifts them. When that fails, a row is named "data row N", counted from 1 after
+    the header.
+    """
+
+    def __init__(self, path: Path, row_count: int) -> None:
+        self.path = path
+        self.row_count = row_count
+        self.names: dict[int, str] = {}
+
+    def load(self, rows) -> None:
+        """Find the lines of ``rows`` in one pass over the file."""
+        missing = {int(row) for row in rows} - set(self.names)
+        if not missing:
+            return
+        try:
+            records = _csv_records(self.path, missing, self.row_count)
+        except (OSError, ValueError, csv.Error, UnicodeDecodeError):
+            records = {}
+        for row in missing:
+            self.names[row] = f"line {records[row][0]}" if row in records else f"data row {row + 1}"
+
+    def __call__(self, row: int) -> str:
+        self.load([row])
+        return self.names[row]
 
 
 # Openers of the compressions that pandas infers from these suffixes and the standard library reads.
 _COMPRESSED_OPENERS = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
 
 
-def _report_csv_rows(path: Path, timestamps: np.ndarray, keep: np.ndarray, handler: OutOfOrderHandler) -> None:
-    """Pass the CSV rows that ``keep`` drops to ``handler``, with their lines read again from the file."""
+def _report_csv_rows(
+    path: Path, timestamps: np.ndarray, rows: np.ndarray, row_count: int, keep: np.ndarray, handler: OutOfOrderHandler
+) -> None:
+    """Pass the CSV rows that ``keep`` drops to ``handler``, with their lines read again from the file.
+
+    ``timestamps`` and ``keep`` belong to the data rows ``rows`` of the file, which has ``row_count`` data rows.
+    """
     dropped = _dropped_rows(timestamps, keep)
     try:
-        records = _csv_records(path, {row for row, _ in dropped}, len(timestamps))
-    except (OSError, ValueError, csv.Error) as error:
+        records = _csv_records(path, {int(rows[index]) for index, _ in dropped}, row_count)
+    except (OSError, ValueError, csv.Error, UnicodeDecodeError) as error:
         logger.warning(
             "%s: %d row(s) dropped for out-of-order timestamps are not passed to on_out_of_order, "
             "because their text could not be read again: %s",
@@ -285,9 +372,29 @@ def _report_csv_rows(path: Path, timestamps: np.ndarray, keep: np.ndarray, handl
             error,
         )
         return
-    for row, latest in dropped:
+    for index, latest in dropped:
+        line_number, line = records[int(rows[index])]
+        handler(OutOfOrderRow(path.stem, line_number, line, int(timestamps[index]), latest))
+
+
+def _report_invalid_csv_rows(
+    path: Path, invalid: dict[int, InvalidRecord], row_count: int, handler: InvalidLineHandler
+) -> None:
+    """Pass the CSV rows with an invalid value to ``handler``, with their lines read again from the file."""
+    try:
+        records = _csv_records(path, set(invalid), row_count)
+    except (OSError, ValueError, csv.Error, UnicodeDecodeError) as error:
+        logger.warning(
+            "%s: %d row(s) skipped for invalid values are not passed to on_invalid_line, "
+            "because their text could not be read again: %s",
+            path,
+            len(invalid),
+            error,
+        )
+        return
+    for row in sorted(invalid):
         line_number, line = records[row]
-        handler(OutOfOrderRow(path.stem, line_number, line, int(timestamps[row]), latest))
+        handler(line_number, line, invalid[row])
 
 
 def _csv_records(path: Path, rows: set[int], row_count: int) -> dict[int, tuple[int, str]]:
@@ -349,29 +456,83 @@ def _find_timestamp_column(path: Path, columns: list[str], requested: str | None
     return matches[0] if matches else None
 
 
-def _numeric_column(path: Path, column: pd.Series, name: str, explicit: bool) -> np.ndarray:
+def _check_numeric_columns(path: Path, frame: pd.DataFrame, names: list[str], describe_row: _CsvRowNames) -> None:
+    """Raise ValueError when a column has text cells and no number, naming the numeric columns to select."""
+    text_columns = {}
+    for name in names:
+        column = frame[name]
+        if pd.api.types.is_bool_dtype(column) or pd.api.types.is_numeric_dtype(column):
+            continue
+        converted = pd.to_numeric(column, errors="coerce")
+        if column.notna().any() and not converted.notna().any():
+            text_columns[name] = int(np.flatnonzero(column.notna().to_numpy())[0])
+    if not text_columns:
+        return
+    name, row = next(iter(text_columns.items()))
+    numeric = [column for column in names if column not in text_columns]
+    if numeric:
+        fix = f"pass channels={numeric!r} to load only the numeric columns"
+    else:
+        fix = "add a column of numbers"
+    raise ValueError(
+        f"{path}: column {name!r} contains no numbers ({describe_row(row)} contains {frame[name].iloc[row]!r}); {fix}"
+    )
+
+
+def _numeric_column(
+    path: Path, column: pd.Series, name: str, describe_row: _CsvRowNames, invalid: dict[int, InvalidRecord]
+) -> np.ndarray:
+    """Return a column as float64, with NaN for missing cells; add the rows of its invalid cells to ``invalid``.
+
+    An invalid cell is text that is not a number (reason ``bad_type``), NaN text that pandas
+    did not read as missing (``non_finite``), or an infinite number (``non_finite``).
+    """
     if pd.api.types.is_bool_dtype(column) or pd.api.types.is_numeric_dtype(column):
-        return column.to_numpy(dtype=np.float64, na_value=np.nan)
+        converted = column.to_numpy(dtype=np.float64, na_value=np.nan)
+        text = np.zeros(len(column), dtype=bool)
+    else:
+        converted = pd.to_numeric(column, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+        text = np.isnan(converted) & column.notna().to_numpy()
 
-    converted = pd.to_numeric(column, errors="coerce")
-    invalid = converted.isna() & column.notna()
-    if invalid.any():
-        row = int(np.flatnonzero(invalid.to_numpy())[0])
-        if explicit:
-            fix = "select only numeric columns in channels=[...] or fix the value"
+    bad_rows = [int(row) for row in np.flatnonzero(text | np.isinf(converted)) if int(row) not in invalid]
+    describe_row.load(bad_rows)
+    for row in bad_rows:
+        cell = column.iloc[row]
+        if not isinstance(cell, str):
+            # pandas read the column as numbers, so it quotes the number that it read.
+            cell = float(cell)
+        where = f"{path}: {describe_row(row)}, column {name!r}"
+        if np.isinf(converted[row]):
+            invalid[row] = InvalidRecord(
+                "non_finite",
+                f"{where} contains {cell!r}, which is infinite or too large for float64; "
+                "use a finite number, or an empty cell for a missing value",
+            )
+        elif _is_nan_text(cell):
+            invalid[row] = InvalidRecord(
+                "non_finite", f"{where} contains {cell!r}; leave the cell empty for a missing value"
+            )
         else:
-            fix = "pass channels=[...] to select the numeric columns"
-        raise ValueError(
-            f"{path}: column {name!r} is not numeric (data row {row + 1} contains {column.iloc[row]!r}); {fix}"
-        )
-    return converted.to_numpy(dtype=np.float64, na_value=np.nan)
+            invalid[row] = InvalidRecord(
+                "bad_type",
+                f"{where} contains {cell!r}, which is not a number; fix the value, or leave the cell "
+                "empty for a missing value",
+            )
+    return converted
 
 
-def _parse_timestamp_column(path: Path, column: pd.Series, name: str) -> np.ndarray:
+def _is_nan_text(cell: object) -> bool:
+    try:
+        return math.isnan(float(str(cell)))
+    except ValueError:
+        return False
+
+
+def _parse_timestamp_column(path: Path, column: pd.Series, name: str, describe_row: _CsvRowNames) -> np.ndarray:
     missing = column.isna().to_numpy()
     if missing.any():
         row = int(np.flatnonzero(missing)[0])
-        raise ValueError(f"{path}: data row {row + 1} has no value in the timestamp column {name!r}; fill it or drop the row")
+        raise ValueError(f"{path}: {describe_row(row)} has no value in the timestamp column {name!r}; fill it or drop the row")
 
     if pd.api.types.is_bool_dtype(column):
         raise ValueError(f"{path}: timestamp column {name!r} contains booleans; give ISO-8601 strings or epoch milliseconds")
@@ -395,7 +556,7 @@ def _parse_timestamp_column(path: Path, column: pd.Series, name: str) -> np.ndar
         try:
             timestamps[row] = parse_timestamp(value)
         except ValueError as error:
-            raise ValueError(f"{path}: data row {row + 1}, column {name!r}: {error}") from None
+            raise ValueError(f"{path}: {describe_row(row)}, column {name!r}: {error}") from None
     return timestamps
 
 
@@ -446,20 +607,25 @@ def _load_json_lines(
     out_of_order: str,
     on_invalid_line: InvalidLineHandler | None = None,
     on_out_of_order: OutOfOrderHandler | None = None,
+    reject_nan: bool = False,
 ) -> list[Series]:
     collected: dict[str, _SeriesRecords] = {}
+    invalid_count = 0
 
     with open(path, encoding="utf-8") as handle:
         for line_number, line in enumerate(handle, start=1):
             if not line.strip():
                 continue
             try:
-                _collect_json_line(path, line_number, line, collected)
+                _collect_json_line(path, line_number, line, collected, reject_nan)
             except ValueError as error:
                 if on_invalid_line is None:
                     raise
+                invalid_count += 1
                 on_invalid_line(line_number, line, error)
 
+    if not collected and invalid_count:
+        raise ValueError(f"{path} contains no valid records: all of its {invalid_count} record lines are invalid")
     if not collected:
         raise ValueError(f"{path} contains no records; a JSON lines file needs one JSON object per line")
 
@@ -500,7 +666,9 @@ def _json_lines_text(path: Path, line_numbers: set[int]) -> dict[int, str]:
     return texts
 
 
-def _collect_json_line(path: Path, line_number: int, line: str, collected: dict[str, _SeriesRecords]) -> None:
+def _collect_json_line(
+    path: Path, line_number: int, line: str, collected: dict[str, _SeriesRecords], reject_nan: bool = False
+) -> None:
     """Add the record of one line to ``collected``, or raise ValueError and leave ``collected`` unchanged."""
     where = f"{path}, line {line_number}"
     record = _parse_json_record(where, line)
@@ -516,7 +684,7 @@ def _collect_json_line(path: Path, line_number: int, line: str, collected: dict[
     except ValueError as error:
         raise ValueError(f"{where}: {error}") from None
 
-    field, row = _record_values(where, record)
+    field, row = _record_values(where, record, reject_nan)
     records = collected.get(series_id)
     if records is None:
         records = _SeriesRecords(series_id, field, len(row), line_number)
@@ -544,7 +712,7 @@ def _parse_json_record(where: str, line: str) -> dict:
     return record
 
 
-def _record_values(where: str, record: dict) -> tuple[str, list[float]]:
+def _record_values(where: str, record: dict, reject_nan: bool) -> tuple[str, list[float]]:
     has_list = "values" in record
     has_scalar = "value" in record
     if has_list == has_scalar:
@@ -553,20 +721,35 @@ def _record_values(where: str, record: dict) -> tuple[str, list[float]]:
         )
 
     if has_scalar:
-        return "value", [_json_number(where, "value", record["value"])]
+        return "value", [_json_number(where, "value", record["value"], reject_nan)]
 
     items = record["values"]
     if not isinstance(items, list) or not items:
         raise ValueError(f'{where}: "values" must be a non-empty list of numbers, got {items!r}')
-    return "values", [_json_number(where, "values", item) for item in items]
+    return "values", [_json_number(where, "values", item, reject_nan) for item in items]
 
 
-def _json_number(where: str, field: str, item: object) -> float:
+def _json_number(where: str, field: str, item: object, reject_nan: bool) -> float:
+    """Return a JSON value as a float: NaN for null, and for the token NaN unless ``reject_nan``.
+
+    Python's json module reads the non-standard tokens NaN, Infinity and -Infinity, and reads a
+    number too large for float64, such as 1e400, as infinity.
+    """
     if item is None:
         return math.nan
     if isinstance(item, bool) or not isinstance(item, (int, float)):
         raise ValueError(f'{where}: {field!r} contains {item!r}, which is not a number; use a number or null for a missing value')
-    return float(item)
+    if isinstance(item, int) and abs(item) > sys.float_info.max:
+        raise ValueError(f"{where}: {field!r} contains an integer too large for float64; use a smaller number")
+    number = float(item)
+    if math.isinf(number):
+        raise ValueError(
+            f"{where}: {field!r} contains {number!r}, which is infinite or too large for float64; "
+            "use a finite number, or null for a missing value"
+        )
+    if math.isnan(number) and reject_nan:
+        raise ValueError(f"{where}: {field!r} contains NaN, which is not a JSON number; use null for a missing value")
+    return number
 
 
 # Shared checks -----------------------------------------------------------------------------
