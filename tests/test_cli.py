@@ -308,6 +308,18 @@ def test_name_options_rewrites_only_options():
     assert name_options("max_fill=-1 is invalid", None) == "max_fill=-1 is invalid"
 
 
+def test_annotation_error_lists_placeholders(two_channel_model, tmp_path, capsys):
+    data = tmp_path / "live.jsonl"
+    data.write_text("\n".join(_live_lines("pump", 40)) + "\n")
+    argv = ["replay", "--model", str(two_channel_model), "--data", str(data), "--scores", str(tmp_path / "s.csv"), "--alerts", str(tmp_path / "a.jsonl")]
+
+    assert main([*argv, "--annotation", "x={nope}"]) == 2
+    error = capsys.readouterr().err
+    assert "{nope}" in error
+    assert "{top_channels}" in error
+    assert "{--" not in error
+
+
 def test_cli_replay_skips_values_out_of_range(two_channel_model, tmp_path, capsys, caplog):
     lines = _live_lines("pump", 30)
     huge = {10: 1e40, 20: -1e308}

@@ -12,7 +12,8 @@ def name_options(message: str, parser: argparse.ArgumentParser | None) -> str:
     Library errors name the Python parameter (``max_fill=-1 is invalid; ... raise max_fill``)
     that the command passed on from its option of the same destination. ``name=value``
     becomes ``--name value``, and a bare name with an underscore becomes ``--name``; a bare
-    name without one is left alone, because it may be an ordinary word such as "window".
+    name without one is left alone, because it may be an ordinary word such as "window", and so
+    is a name in braces, which is a template placeholder.
     Names that are not options of ``parser``, such as the fields of a ``select`` grid file,
     are left as they are.
     """
@@ -35,6 +36,7 @@ def name_options(message: str, parser: argparse.ArgumentParser | None) -> str:
 
     identifiers = "|".join(re.escape(dest) for dest in sorted(flags, key=len, reverse=True) if "_" in dest)
     if identifiers:
-        bare = re.compile(rf"(?<![\w.-])({identifiers})(?![\w=])")
+        # A name in braces is a template placeholder such as "{top_channels}", not an option.
+        bare = re.compile(rf"(?<![\w.{{-])({identifiers})(?![\w=}}])")
         message = bare.sub(lambda match: flags[match.group(1)], message)
     return message
