@@ -195,6 +195,23 @@ def _replay_file_with_invalid_lines(path):
     return invalid
 
 
+def test_cli_replay_writes_to_dev_null(two_channel_model, tmp_path):
+    data = tmp_path / "live.jsonl"
+    _replay_file_with_invalid_lines(data)
+    argv = ["replay", "--model", str(two_channel_model), "--data", str(data), "--scores", os.devnull, "--alerts", os.devnull, "--dead-letter", os.devnull]
+
+    assert main(argv) == 0
+
+
+def test_json_lines_sink_appends_to_dev_null():
+    from connectors.files import JsonLinesSink
+
+    sink = JsonLinesSink(os.devnull)
+    sink.send([{"series": "pump", "value": 1.0}])
+    sink.flush()
+    sink.close()
+
+
 def test_cli_replay_dead_letter_file(two_channel_model, tmp_path, capsys):
     data = tmp_path / "live.jsonl"
     invalid = _replay_file_with_invalid_lines(data)

@@ -429,13 +429,18 @@ OUTPUT_FILE_OPTIONS = ("alerts", "scores", "dead_letter", "outbox")
 
 
 def check_output_paths(args) -> None:
-    """Raise UsageError when two of --alerts, --scores, --dead-letter and --outbox resolve to the same file."""
+    """Raise UsageError when two of --alerts, --scores, --dead-letter and --outbox resolve to the same file.
+
+    Paths that exist and are not regular files, such as ``/dev/null``, may be shared.
+    """
     seen: dict[Path, str] = {}
     for dest in OUTPUT_FILE_OPTIONS:
         path = getattr(args, dest, None)
         if not path:
             continue
         resolved = Path(path).resolve()
+        if resolved.exists() and not resolved.is_file():
+            continue
         if resolved in seen:
             raise UsageError(
                 f"--{seen[resolved].replace('_', '-')} and --{dest.replace('_', '-')} are the same file {str(path)!r}; "
