@@ -325,6 +325,31 @@ def test_name_options_rewrites_only_options():
     assert name_options("max_fill=-1 is invalid", None) == "max_fill=-1 is invalid"
 
 
+def test_stop_handler_logs_signal_once(caplog):
+    import signal
+    import threading
+
+    from streamad.cli.commands import _install_stop_handlers
+
+    previous = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    stop = threading.Event()
+    try:
+        _install_stop_handlers(stop)
+        handle = signal.getsignal(signal.SIGTERM)
+        with caplog.at_level(logging.INFO, logger="streamad.cli.commands"):
+            # coreutils timeout delivers SIGTERM twice: to the child, then to its process group.
+            handle(signal.SIGTERM, None)
+            handle(signal.SIGTERM, None)
+            signal.getsignal(signal.SIGINT)(signal.SIGINT, None)
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+    assert stop.is_set()
+    received = [record.getMessage() for record in caplog.records if record.getMessage().startswith("received")]
+    assert received == ["received SIGTERM; finishing the batch, then committing and stopping"]
+
+
 def test_annotation_error_lists_placeholders(two_channel_model, tmp_path, capsys):
     data = tmp_path / "live.jsonl"
     data.write_text("\n".join(_live_lines("pump", 40)) + "\n")

@@ -356,8 +356,18 @@ def evaluate(args) -> int:
 
 
 def _install_stop_handlers(stop: threading.Event) -> None:
+    """Set ``stop`` on SIGINT or SIGTERM, and log only the first of these signals.
+
+    One stop request can arrive as two signals: coreutils ``timeout`` sends SIGTERM to the
+    child and then to its whole process group, which contains the child too.
+    """
+
     def handle(signum, frame):
-        logger.info("received %s; finishing the batch, then committing and stopping", signal.Signals(signum).name)
+        name = signal.Signals(signum).name
+        if stop.is_set():
+            logger.debug("received %s again; already stopping", name)
+            return
+        logger.info("received %s; finishing the batch, then committing and stopping", name)
         stop.set()
 
     signal.signal(signal.SIGINT, handle)
