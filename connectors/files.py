@@ -6,6 +6,7 @@ import csv
 import json
 import logging
 import os
+import stat
 import sys
 import time
 from pathlib import Path
@@ -118,7 +119,9 @@ class JsonLinesSink:
     Parameters
     ----------
     path
-        Output file; parent directories are created.
+        Output file; parent directories are created. A path that is not a regular file, such
+        as ``/dev/null`` or a named pipe, is written without fsync, because fsync on a
+        character device or a pipe fails with EINVAL.
     append
         Keep existing lines (True) or truncate the file first (False).
     """
@@ -126,9 +129,10 @@ class JsonLinesSink:
     def __init__(self, path: str | Path, append: bool = True) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        if append:
+        if append and (self.path.is_file() or not self.path.exists()):
             _terminate_partial_line(self.path)
         self._file: IO[str] = open(self.path, "a" if append else "w", encoding="utf-8")
+        self._fsync = stat.S_ISREG(os.fstat(self._file.fileno()).st_mode)
 
     def send(self, items: list[dict]) -> None:
         for item in items:
@@ -136,7 +140,8 @@ class JsonLinesSink:
 
     def flush(self) -> None:
         self._file.flush()
-        os.fsync(self._file.fileno())
+        if self._fsync:
+            os.fsync(self._file.fileno())
 
     def close(self) -> None:
         if not self._file.closed:

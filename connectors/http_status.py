@@ -1,4 +1,7 @@
-"""The HTTP status server of ``streamad run``: ``GET /metrics`` and ``GET /healthz``.
+"""The HTTP status server of ``streamad run``: ``GET`` and ``HEAD`` of ``/metrics`` and ``/healthz``.
+
+A trailing slash is accepted (``/healthz/``), and ``HEAD`` sends the headers of ``GET``
+without the body, as load-balancer probes expect.
 
 It runs ``http.server.ThreadingHTTPServer`` in a daemon thread, with one thread per request,
 so a slow scraper does not delay the consuming loop. A request that sends nothing is dropped
@@ -117,7 +120,16 @@ def _make_handler(render_metrics, health, metrics_content_type: str, request_tim
         server_version = "streamad"
 
         def do_GET(self) -> None:  # noqa: N802 - the name is fixed by BaseHTTPRequestHandler
+            self._respond(send_body=True)
+
+        def do_HEAD(self) -> None:  # noqa: N802 - the name is fixed by BaseHTTPRequestHandler
+            self._respond(send_body=False)
+
+        def _respond(self, send_body: bool) -> None:
+            self._send_body = send_body
             path = self.path.split("?", 1)[0]
+            if len(path) > 1:
+                path = path.rstrip("/")
             if path == "/metrics":
                 try:
                     body = render_metrics()
@@ -138,7 +150,8 @@ def _make_handler(render_metrics, health, metrics_content_type: str, request_tim
             self.send_header("Content-Length", str(len(body)))
             self.send_header("Cache-Control", "no-store")
             self.end_headers()
-            self.wfile.write(body)
+            if self._send_body:
+                self.wfile.write(body)
 
         def log_message(self, format: str, *args) -> None:  # noqa: A002 - the signature is fixed by BaseHTTPRequestHandler
             logger.debug("status request from %s: " + format, self.client_address[0], *args)

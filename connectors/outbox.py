@@ -193,6 +193,12 @@ class Outbox:
             return self._query("SELECT COUNT(*) FROM outbox WHERE delivered_at IS NULL")[0][0]
         return self._query("SELECT COUNT(*) FROM outbox WHERE endpoint = ? AND delivered_at IS NULL", (endpoint,))[0][0]
 
+    def dead_count(self, endpoint: str | None = None) -> int:
+        """Return the number of dead letters, of one endpoint or of all."""
+        if endpoint is None:
+            return self._query("SELECT COUNT(*) FROM dead_letters")[0][0]
+        return self._query("SELECT COUNT(*) FROM dead_letters WHERE endpoint = ?", (endpoint,))[0][0]
+
     def backlog_by_endpoint(self) -> dict[str, int]:
         rows = self._query("SELECT endpoint, COUNT(*) FROM outbox WHERE delivered_at IS NULL GROUP BY endpoint")
         return dict(rows)

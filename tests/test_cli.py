@@ -195,6 +195,23 @@ def _replay_file_with_invalid_lines(path):
     return invalid
 
 
+def test_cli_replay_writes_to_dev_null(two_channel_model, tmp_path):
+    data = tmp_path / "live.jsonl"
+    _replay_file_with_invalid_lines(data)
+    argv = ["replay", "--model", str(two_channel_model), "--data", str(data), "--scores", os.devnull, "--alerts", os.devnull, "--dead-letter", os.devnull]
+
+    assert main(argv) == 0
+
+
+def test_json_lines_sink_appends_to_dev_null():
+    from connectors.files import JsonLinesSink
+
+    sink = JsonLinesSink(os.devnull)
+    sink.send([{"series": "pump", "value": 1.0}])
+    sink.flush()
+    sink.close()
+
+
 def test_cli_replay_dead_letter_file(two_channel_model, tmp_path, capsys):
     data = tmp_path / "live.jsonl"
     invalid = _replay_file_with_invalid_lines(data)
@@ -307,6 +324,43 @@ def test_name_options_rewrites_only_options():
     assert name_options("window=200 is too long", parsers["select"]) == "window=200 is too long"
     assert name_options("max_fill=-1 is invalid", None) == "max_fill=-1 is invalid"
     assert name_options("pass channels=['a', 'b'] to load", train) == "pass --channels a,b to load"
+
+
+def test_stop_handler_logs_signal_once(caplog):
+    import signal
+    import threading
+
+    from streamad.cli.commands import _install_stop_handlers
+
+    previous = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    stop = threading.Event()
+    try:
+        _install_stop_handlers(stop)
+        handle = signal.getsignal(signal.SIGTERM)
+        with caplog.at_level(logging.INFO, logger="streamad.cli.commands"):
+            # coreutils timeout delivers SIGTERM twice: to the child, then to its process group.
+            handle(signal.SIGTERM, None)
+            handle(signal.SIGTERM, None)
+            signal.getsignal(signal.SIGINT)(signal.SIGINT, None)
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+    assert stop.is_set()
+    received = [record.getMessage() for record in caplog.records if record.getMessage().startswith("received")]
+    assert received == ["received SIGTERM; finishing the batch, then committing and stopping"]
+
+
+def test_annotation_error_lists_placeholders(two_channel_model, tmp_path, capsys):
+    data = tmp_path / "live.jsonl"
+    data.write_text("\n".join(_live_lines("pump", 40)) + "\n")
+    argv = ["replay", "--model", str(two_channel_model), "--data", str(data), "--scores", str(tmp_path / "s.csv"), "--alerts", str(tmp_path / "a.jsonl")]
+
+    assert main([*argv, "--annotation", "x={nope}"]) == 2
+    error = capsys.readouterr().err
+    assert "{nope}" in error
+    assert "{top_channels}" in error
+    assert "{--" not in error
 
 
 def test_cli_replay_skips_values_out_of_range(two_channel_model, tmp_path, capsys, caplog):

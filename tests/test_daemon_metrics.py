@@ -345,7 +345,7 @@ def test_daemon_reloads_model_mid_stream(kafka_bootstrap, new_topic, group_id, b
     for event in events:
         start = _epoch_ms(event["start"])
         version = new.version if start >= second_half_start else old.version
-        assert event["alert_id"] == alert_id_for(SERIES, start, version)
+        assert event["alert_id"] == alert_id_for(SERIES, start, version, event["score_name"])
 
     # A restart with the directory of versions loads v2 and restores the checkpoint it wrote.
     restart_log = "restart.log"

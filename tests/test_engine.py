@@ -1,10 +1,12 @@
 """Streaming engine on a small trained bundle: batching, rejections, incidents."""
 
+from datetime import datetime
+
 import numpy as np
 import pytest
 
 from streamad.data import Series
-from streamad.engine import EngineConfig, StreamEngine
+from streamad.engine import EngineConfig, StreamEngine, alert_id_for
 from streamad.records import Record
 from streamad.replay import align_points, replay_series
 from streamad.training import TrainConfig, train_bundle
@@ -106,6 +108,24 @@ def test_engine_alerts_on_injected_fault_and_names_channel(bundle):
     assert firing
     assert firing[0]["channels"][0]["channel"] == "c1"
     assert firing[0]["model_version"] == "test-version"
+
+
+def _epoch_ms(text):
+    return int(datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp() * 1000)
+
+
+def test_engine_alert_ids_differ_by_score(bundle):
+    series = _sine_series("two-detectors", 300, seed=9)
+    series.values[150:160, 0] += 5.0
+    firing = {}
+    for score in ("likelihood", "reconstruction"):
+        events = []
+        replay_series(StreamEngine(bundle, EngineConfig(score=score)), [series], alert_sinks=[_ListSink(events)])
+        firing[score] = [event for event in events if event["status"] == "firing"]
+        assert firing[score], f"the {score} score raised no incident"
+        for event in firing[score]:
+            assert event["alert_id"] == alert_id_for("two-detectors", _epoch_ms(event["start"]), "test-version", score)
+    assert not {event["alert_id"] for event in firing["likelihood"]} & {event["alert_id"] for event in firing["reconstruction"]}
 
 
 def test_engine_skips_windows_with_long_gaps(bundle):

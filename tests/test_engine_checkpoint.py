@@ -1,5 +1,6 @@
 """Engine snapshots, the partition checkpoint store and the checkpointer, without Kafka."""
 
+import logging
 import os
 import socket
 import subprocess
@@ -387,3 +388,50 @@ def test_runner_failed_batch_stops_checkpoints(bundle, tmp_path):
     assert checkpointer.on_revoked([("metrics", 0)]) == {}
     assert source.commits == []
     assert CheckpointStore(tmp_path).read("metrics", 0) is None
+
+
+def _partition_warnings(caplog):
+    return [record.getMessage() for record in caplog.records if "key its messages by series id" in record.getMessage()]
+
+
+def test_runner_warns_series_on_two_partitions(bundle, caplog):
+    from streamad.engine import run_stream
+
+    engine = StreamEngine(bundle)
+    records = _records(["a", "b"])[:80]
+    # The records alternate a, b, so each series alternates between partitions 0 and 1.
+    spread = [FakeMessage("metrics", index // 2 % 2, index, record) for index, record in enumerate(records)]
+    source = ListSource([spread[:40], spread[40:]])
+    with caplog.at_level(logging.WARNING):
+        run_stream(engine, source, [], until=lambda: not source.batches)
+
+    warnings = _partition_warnings(caplog)
+    assert len(warnings) == 2
+    assert warnings[0].startswith("series 'a' arrives on metrics[")
+    assert warnings[1].startswith("series 'b' arrives on metrics[")
+
+
+def test_runner_keyed_series_no_partition_warning(bundle, caplog):
+    from streamad.engine import run_stream
+
+    engine = StreamEngine(bundle)
+    messages = _messages(_records(["a", "b"])[:80], {"a": 0, "b": 1})
+    source = ListSource([messages[:40], messages[40:]])
+    with caplog.at_level(logging.WARNING):
+        run_stream(engine, source, [], until=lambda: not source.batches)
+
+    assert _partition_warnings(caplog) == []
+
+
+def test_runner_with_checkpoints_warns_once(bundle, tmp_path, caplog):
+    from streamad.engine import run_stream
+
+    engine = StreamEngine(bundle)
+    records = _records(["a"])[:40]
+    spread = [FakeMessage("metrics", index % 2, index, record) for index, record in enumerate(records)]
+    source = ListSource([spread])
+    checkpointer = PartitionCheckpointer(engine, CheckpointStore(tmp_path), every_records=1000, interval_s=None)
+    with caplog.at_level(logging.WARNING):
+        run_stream(engine, source, [], checkpointer=checkpointer, until=lambda: not source.batches)
+
+    assert len(_partition_warnings(caplog)) == 1

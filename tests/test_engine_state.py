@@ -60,10 +60,12 @@ def test_buffers_leading_nan_is_invalid():
 
 
 def test_alert_id_is_deterministic():
-    assert alert_id_for("s", 10, "v1") == alert_id_for("s", 10, "v1")
-    assert alert_id_for("s", 10, "v1") != alert_id_for("s", 11, "v1")
-    assert alert_id_for("s", 10, "v1") != alert_id_for("s", 10, "v2")
-    assert alert_id_for("s", 10, "v1") != alert_id_for("t", 10, "v1")
+    base = alert_id_for("s", 10, "v1", "likelihood")
+    assert base == alert_id_for("s", 10, "v1", "likelihood")
+    assert base != alert_id_for("s", 11, "v1", "likelihood")
+    assert base != alert_id_for("s", 10, "v2", "likelihood")
+    assert base != alert_id_for("t", 10, "v1", "likelihood")
+    assert base != alert_id_for("s", 10, "v1", "importance")
 
 
 def _feed(tracker, flags, scores=None):
@@ -87,7 +89,7 @@ def test_incident_opens_and_resolves_after_hysteresis():
     assert [event.status for event in events] == ["firing", "resolved"]
     assert events[0].start == 1
     assert events[1].end == 4
-    assert events[1].alert_id == events[0].alert_id == alert_id_for("s", 1, "v1")
+    assert events[1].alert_id == events[0].alert_id == alert_id_for("s", 1, "v1", "likelihood")
     assert [event.sequence for event in events] == [1, 2]
 
 
@@ -106,6 +108,26 @@ def test_incident_new_incident_gets_new_id():
     ids = [event.alert_id for event in events if event.status == "firing"]
     assert len(ids) == 2
     assert ids[0] != ids[1]
+
+
+def test_alert_id_depends_on_score_name():
+    ids = {}
+    for score_name in ("likelihood", "importance"):
+        tracker = IncidentTracker("v1", resolve_after=1, score_name=score_name)
+        ids[score_name] = _feed(tracker, [True])[0].alert_id
+    assert ids["likelihood"] != ids["importance"]
+    assert ids["importance"] == alert_id_for("s", 0, "v1", "importance")
+
+
+def test_restored_incident_keeps_stored_alert_id():
+    tracker = IncidentTracker("v1", resolve_after=1, score_name="likelihood")
+    firing = _feed(tracker, [True])[0]
+    arrays, alert_ids = tracker.export_rows([0])
+    restored = IncidentTracker("v1", resolve_after=1, score_name="importance")
+    restored.import_rows([0], arrays, alert_ids)
+    events = _feed(restored, [False])
+    assert [event.status for event in events] == ["resolved"]
+    assert events[0].alert_id == firing.alert_id
 
 
 def test_incident_rejects_invalid_counts():

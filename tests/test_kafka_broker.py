@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import signal
 import socket
+import subprocess
 import sys
 
 import pytest
@@ -29,6 +31,36 @@ def test_broker_start_and_stop(tmp_path):
 
     assert not broker.running
     assert "listening on" in log_path.read_text()
+
+
+@pytest.mark.kafka
+def test_broker_command_creates_topics(tmp_path):
+    require_tansu()
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [sys.executable, "-m", "connectors.tansu", "--port", str(port), "--topic", "metrics", "--partitions", "2", "--log", str(tmp_path / "tansu.log")]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        # The command prints this line after the broker responded to a metadata request and the topic exists.
+        line = process.stdout.readline()
+        if not line:
+            pytest.fail(f"python -m connectors.tansu exited: {process.stderr.read()}")
+        assert line.strip() == f"Tansu broker listening on 127.0.0.1:{port}; stop it with Ctrl-C"
+        admin = KafkaAdminClient(bootstrap_servers=f"127.0.0.1:{port}", request_timeout_ms=30000)
+        try:
+            (description,) = admin.describe_topics(["metrics"])
+        finally:
+            admin.close()
+        assert len(description["partitions"]) == 2
+
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert "Kafka topic created: topic=metrics partitions=2" in process.stderr.read()
 
 
 @pytest.mark.kafka

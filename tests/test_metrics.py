@@ -1,6 +1,7 @@
 """The daemon's Prometheus metrics, their text format, the health check and the status server."""
 
 import json
+import socket
 import urllib.error
 import urllib.request
 from collections import Counter
@@ -217,6 +218,43 @@ def test_status_server_serves_metrics_and_health():
         assert json.loads(body)["status"] == "stalled"
 
         status, _, _ = _get(base + "/other")
+        assert status == 404
+
+
+def _head(port, path):
+    """Send HEAD over a raw socket; return (status, headers, bytes after the headers)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as connection:
+        connection.sendall(f"HEAD {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n".encode())
+        received = b""
+        while chunk := connection.recv(65536):
+            received += chunk
+    head, _, rest = received.partition(b"\r\n\r\n")
+    status_line, *header_lines = head.decode().split("\r\n")
+    headers = dict(line.split(": ", 1) for line in header_lines)
+    return int(status_line.split()[1]), headers, rest
+
+
+def test_status_server_answers_head_and_trailing_slash():
+    metrics = DaemonMetrics(max_stall_s=5)
+    metrics.set_model("abc123", "models/pump")
+    with StatusServer("127.0.0.1", 0, metrics.render, metrics.health, CONTENT_TYPE) as server:
+        for path in ("/healthz", "/healthz/", "/metrics", "/metrics/"):
+            status, headers, rest = _head(server.port, path)
+            assert status == 200, path
+            assert int(headers["Content-Length"]) > 0, path
+            assert rest == b"", path
+
+        base = f"http://127.0.0.1:{server.port}"
+        status, content_type, body = _get(base + "/healthz/")
+        assert status == 200
+        assert json.loads(body)["model_version"] == "abc123"
+        status, _, _ = _get(base + "/metrics/?name=x")
+        assert status == 200
+
+        status, _, rest = _head(server.port, "/other")
+        assert status == 404
+        assert rest == b""
+        status, _, _ = _get(base + "/")
         assert status == 404
 
 

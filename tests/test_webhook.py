@@ -20,6 +20,7 @@ from daemon_support import Receiver, free_port
 from connectors.webhook import RateLimiter, WebhookEndpoint, WebhookSink, backoff_delay, parse_retry_after
 from streamad.alerts.signing import SIGNATURE_HEADER, SeenSignatures, verify
 from streamad.cli import main
+from streamad.cli.alerts import EXIT_DEAD_LETTERS
 
 WAIT_S = 60.0
 FAST = {"backoff_base_s": 0.05, "backoff_max_s": 0.3}
@@ -323,6 +324,26 @@ def test_send_command_delivers_pending(receivers, tmp_path, capsys):
     assert main(["alerts", "send", "--outbox", str(path), "--webhook", receiver.url, "--timeout-s", "60"]) == 0
     assert "every pending event" in capsys.readouterr().out
     assert receiver.keys() == [_key(event) for event in _events()]
+
+
+@pytest.mark.parametrize("rejected", [1, 12])
+def test_send_command_fails_on_dead_letters(receivers, tmp_path, capsys, rejected):
+    path = tmp_path / "outbox.db"
+    box = Outbox(path)
+    receiver = receivers(statuses=[400] * rejected)
+    events = _events()
+    box.add([(receiver.url, event) for event in events])
+    box.close()
+
+    code = main(["alerts", "send", "--outbox", str(path), "--webhook", receiver.url, "--timeout-s", "60"])
+
+    assert code == EXIT_DEAD_LETTERS
+    output = capsys.readouterr().out
+    assert f"{len(events) - rejected} delivered, {rejected} moved to the dead letters, 0 still pending" in output
+    box = Outbox(path)
+    assert box.dead_count() == rejected
+    assert box.backlog() == 0
+    box.close()
 
 
 def test_rate_limit_holds_excess_events(receivers, sinks, tmp_path):

@@ -66,7 +66,9 @@ def add_parser(subparsers) -> None:
         description=(
             "Run the webhook senders alone until the outbox has no pending event of the configured endpoints, "
             "or --timeout-s passes. The endpoints come from --webhook and the config file's [webhooks.<name>] "
-            "tables and webhook_* options, as for streamad run. Exits 0 when nothing is left, 1 otherwise."
+            "tables and webhook_* options, as for streamad run. Exits 0 when every pending event was delivered, "
+            f"1 when some are still pending after --timeout-s, and {EXIT_DEAD_LETTERS} when this run moved any event to the "
+            "dead letters, for example because the receiver rejected it with an HTTP 4xx status."
         ),
     )
     send.add_argument("--outbox", help="outbox SQLite file (default: outbox of the config file)")
@@ -143,6 +145,10 @@ def purge_rows(args) -> int:
     return 0
 
 
+# Exit status of ``alerts send`` when the run moved events to the dead letters. Status 2 is argparse's usage error.
+EXIT_DEAD_LETTERS = 3
+
+
 def send_pending(args) -> int:
     """Deliver the pending events of the configured endpoints until none is left or the timeout passes."""
     from connectors.outbox import Outbox
@@ -167,21 +173,34 @@ def send_pending(args) -> int:
     if not Path(settings.outbox).is_file():
         raise UsageError(f"outbox {settings.outbox!r} not found; pass the --outbox file of streamad run")
 
-    sink = WebhookSink(endpoints, settings.outbox, keep_delivered_s=0, poll_interval_s=0.2)
     names = [endpoint.name for endpoint in endpoints]
+    outbox = Outbox(settings.outbox)
+    try:
+        pending_before = sum(outbox.backlog(name) for name in names)
+        dead_before = sum(outbox.dead_count(name) for name in names)
+    finally:
+        outbox.close()
+
+    sink = WebhookSink(endpoints, settings.outbox, keep_delivered_s=0, poll_interval_s=0.2)
     sink.close(drain_s=args.timeout_s)
 
     outbox = Outbox(settings.outbox)
     try:
-        left = {name: outbox.backlog(name) for name in names}
-        other = outbox.backlog() - sum(left.values())
+        remaining = sum(outbox.backlog(name) for name in names)
+        other = outbox.backlog() - remaining
+        dead = sum(outbox.dead_count(name) for name in names) - dead_before
     finally:
         outbox.close()
+    # The counts are differences between before and after, so an "alerts retry" during the run skews them.
+    delivered = max(pending_before - remaining - dead, 0)
+    print(f"{delivered} delivered, {dead} moved to the dead letters, {remaining} still pending")
     if other:
         print(f"{other} pending event(s) belong to endpoints that are not configured here")
-    remaining = sum(left.values())
+    if dead:
+        print(f"{dead} event(s) moved to the dead letters; see streamad alerts list --dead, then streamad alerts retry")
+        return EXIT_DEAD_LETTERS
     if remaining:
         print(f"{remaining} event(s) still pending after {args.timeout_s:g} s; see streamad alerts list")
         return 1
-    print("every pending event of the configured endpoints was delivered or moved to the dead letters")
+    print("every pending event of the configured endpoints was delivered")
     return 0

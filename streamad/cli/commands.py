@@ -367,8 +367,18 @@ def evaluate(args) -> int:
 
 
 def _install_stop_handlers(stop: threading.Event) -> None:
+    """Set ``stop`` on SIGINT or SIGTERM, and log only the first of these signals.
+
+    One stop request can arrive as two signals: coreutils ``timeout`` sends SIGTERM to the
+    child and then to its whole process group, which contains the child too.
+    """
+
     def handle(signum, frame):
-        logger.info("received %s; finishing the batch, then committing and stopping", signal.Signals(signum).name)
+        name = signal.Signals(signum).name
+        if stop.is_set():
+            logger.debug("received %s again; already stopping", name)
+            return
+        logger.info("received %s; finishing the batch, then committing and stopping", name)
         stop.set()
 
     signal.signal(signal.SIGINT, handle)
@@ -440,13 +450,18 @@ OUTPUT_FILE_OPTIONS = ("alerts", "scores", "dead_letter", "outbox")
 
 
 def check_output_paths(args) -> None:
-    """Raise UsageError when two of --alerts, --scores, --dead-letter and --outbox resolve to the same file."""
+    """Raise UsageError when two of --alerts, --scores, --dead-letter and --outbox resolve to the same file.
+
+    Paths that exist and are not regular files, such as ``/dev/null``, may be shared.
+    """
     seen: dict[Path, str] = {}
     for dest in OUTPUT_FILE_OPTIONS:
         path = getattr(args, dest, None)
         if not path:
             continue
         resolved = Path(path).resolve()
+        if resolved.exists() and not resolved.is_file():
+            continue
         if resolved in seen:
             raise UsageError(
                 f"--{seen[resolved].replace('_', '-')} and --{dest.replace('_', '-')} are the same file {str(path)!r}; "

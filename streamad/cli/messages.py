@@ -13,7 +13,8 @@ def name_options(message: str, parser: argparse.ArgumentParser | None) -> str:
     that the command passed on from its option of the same destination. ``name=value``
     becomes ``--name value``, a list of names ``name=['a', 'b']`` becomes ``--name a,b``, and
     a bare name with an underscore becomes ``--name``. A bare name without an underscore is
-    left alone, because it may be an ordinary word such as "window".
+    left alone, because it may be an ordinary word such as "window", and so is a name in
+    braces, which is a template placeholder.
     Names that are not options of ``parser``, such as the fields of a ``select`` grid file,
     are left as they are.
     """
@@ -41,6 +42,7 @@ def name_options(message: str, parser: argparse.ArgumentParser | None) -> str:
 
     identifiers = "|".join(re.escape(dest) for dest in sorted(flags, key=len, reverse=True) if "_" in dest)
     if identifiers:
-        bare = re.compile(rf"(?<![\w.-])({identifiers})(?![\w=])")
+        # A name in braces is a template placeholder such as "{top_channels}", not an option.
+        bare = re.compile(rf"(?<![\w.{{-])({identifiers})(?![\w=}}])")
         message = bare.sub(lambda match: flags[match.group(1)], message)
     return message

@@ -203,6 +203,7 @@ class StreamEngine:
             resolve_after_s=self.config.resolve_after_s,
             update_interval_s=self.config.update_interval_s,
             has_clock=self.config.has_clock,
+            score_name=self.config.score,
         )
         if not self.config.has_clock and (self.config.resolve_after_s is not None or self.config.update_interval_s is not None):
             logger.warning(

@@ -10,13 +10,15 @@ import numpy as np
 from streamad.engine.buffers import NO_TIMESTAMP
 
 
-def alert_id_for(series: str, start: int, model_version: str) -> str:
-    """Return the incident id: the first 16 hex digits of SHA-256 of (series, start, model version).
+def alert_id_for(series: str, start: int, model_version: str, score_name: str) -> str:
+    """Return the incident id: the first 16 hex digits of SHA-256 of (series, start, model version, score).
 
     The id is a pure function of its inputs, so re-processing the same data with the same
-    model after a crash or a replay yields the same ids, and consumers can deduplicate.
+    model and score after a crash or a replay yields the same ids, and consumers can
+    deduplicate. The score name keeps apart two detectors of one series and model that
+    use different scores. Labels are not part of the id.
     """
-    key = f"{series}\x1f{start}\x1f{model_version}".encode()
+    key = f"{series}\x1f{start}\x1f{model_version}\x1f{score_name}".encode()
     return hashlib.sha256(key).hexdigest()[:16]
 
 
@@ -56,6 +58,8 @@ class IncidentTracker:
     ----------
     model_version
         Version of the bundle that scores the data; part of every ``alert_id``.
+    score_name
+        Name of the anomaly score (``--score``); part of every ``alert_id``.
     resolve_after
         Consecutive non-alerting scored windows that close an incident (hysteresis).
     update_every
@@ -83,6 +87,7 @@ class IncidentTracker:
         resolve_after_s: float | None = None,
         update_interval_s: float | None = None,
         has_clock: bool = True,
+        score_name: str = "likelihood",
     ) -> None:
         if resolve_after < 1:
             raise ValueError(f"resolve_after={resolve_after!r} (--resolve-after) is invalid; use a count of windows >= 1")
@@ -93,6 +98,7 @@ class IncidentTracker:
         if update_interval_s is not None and not update_interval_s >= 0:
             raise ValueError(f"update_interval_s={update_interval_s!r} (--update-interval-s) is invalid; use seconds >= 0")
         self.model_version = model_version
+        self.score_name = score_name
         self.resolve_after = resolve_after
         self.update_every = update_every
         self.has_clock = has_clock
@@ -200,7 +206,7 @@ class IncidentTracker:
                 self.sequence[slot] = 1
                 self.alerts_since_event[slot] = 0
                 self.last_event[slot] = timestamp
-                self.alert_ids[slot] = alert_id_for(series, timestamp, self.model_version)
+                self.alert_ids[slot] = alert_id_for(series, timestamp, self.model_version, self.score_name)
                 return self._event(slot, series, "firing", timestamp, score, threshold, probability, end=None)
 
             self.peak[slot] = max(self.peak[slot], score)

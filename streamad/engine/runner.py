@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Callable, Iterable, Protocol, Sequence
 from streamad.engine.backpressure import Backpressure
 from streamad.engine.checkpoint import PartitionCheckpointer
 from streamad.engine.engine import ScoredPoint, StreamEngine
+from streamad.engine.partitions import SeriesPartitionCheck
 
 if TYPE_CHECKING:
     from streamad.engine.reload import BundleReloader
@@ -135,6 +136,8 @@ def run_stream(
         set_handler = getattr(source, "set_rebalance_handler", None)
         if set_handler is not None:
             set_handler(checkpointer)
+    # The checkpointer warns about a series on two partitions itself.
+    partition_check = SeriesPartitionCheck() if checkpointer is None else None
     backpressure = None
     if max_in_flight is not None:
         backpressure = Backpressure(alert_sinks + dead_letter_sinks + point_sinks, max_in_flight)
@@ -150,6 +153,7 @@ def run_stream(
                     checkpointer.disable(f"a batch failed after it changed the engine state: {error!r}")
                 raise
             if checkpointer is None:
+                partition_check.record(messages)
                 _commit(source, messages)
             else:
                 checkpointer.record(messages)
