@@ -311,6 +311,9 @@ def test_checkpointer_reset_partition_keeps_series(bundle, tmp_path):
     assert checkpointer.checkpoint() == {("metrics", 0): 30}
 
     checkpointer.on_reset([("metrics", 0)])
+    # A stop before the first record of the new log must not leave the old offset behind.
+    assert checkpointer.checkpoint() == {("metrics", 0): 0}
+    assert CheckpointStore(tmp_path).read("metrics", 0).offset == -1
     engine.process(records[30:])
     checkpointer.record(_messages(records[30:], {"a": 0}))
 

@@ -397,12 +397,13 @@ class PartitionCheckpointer:
     def on_reset(self, partitions: Sequence[PartitionId]) -> None:
         """Forget the offsets of partitions whose log was replaced, keeping the state of their series.
 
-        The source calls it when a restored offset lay beyond the end of the log, e.g. of a
-        topic deleted and created again, and it reads the partition from its start again.
-        The next checkpoint then records the offsets of the new log.
+        The source calls it when the partition's log was replaced, e.g. by a topic deleted
+        and created again, and it reads the partition from its start again. The next
+        checkpoint records offset -1, nothing of the new log applied, and commits offset 0,
+        so a restart before the first new record does not skip the start of the new log.
         """
         for partition_id in partitions:
-            self.applied.pop(partition_id, None)
+            self.applied[partition_id] = -1
             self.checkpointed.pop(partition_id, None)
             logger.info("checkpoint offsets forgotten after an offset reset: topic=%s partition=%d", *partition_id)
 
