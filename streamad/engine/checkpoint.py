@@ -395,7 +395,7 @@ class PartitionCheckpointer:
         self._drop(partitions)
 
     def on_reset(self, partitions: Sequence[PartitionId]) -> None:
-        """Forget the offsets of partitions whose log was replaced, keeping the state of their series.
+        """Restart the offsets of partitions whose log was replaced, keeping the state of their series.
 
         The source calls it when the partition's log was replaced, e.g. by a topic deleted
         and created again, and it reads the partition from its start again. The next
