@@ -124,7 +124,7 @@ def test_swap_open_incident_keeps_alert_id(bundles):
     assert later, "the second spike opened no incident"
     for event in later:
         start = int(np.datetime64(event["start"].rstrip("Z"), "ms").astype(np.int64))
-        assert event["alert_id"] == alert_id_for("a", start, new.version)
+        assert event["alert_id"] == alert_id_for("a", start, new.version, event["score_name"])
 
 
 @pytest.mark.parametrize(
