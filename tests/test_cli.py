@@ -582,6 +582,29 @@ def test_cli_replay_dead_letters_bad_values(machine_model, tmp_path, capsys, dat
     assert f"{len(BAD_VALUES)} invalid lines skipped (written to {dead_letters})" in summary
 
 
+def test_cli_replay_dead_letters_bad_csv_timestamps(machine_model, tmp_path):
+    rows = _machine_rows()
+    texts = _row_texts(rows, "csv")
+    bad = {60: ("garbage,55.0", "bad_timestamp"), 121: (",55.0", "missing_field")}
+    for index, (text, _) in sorted(bad.items()):
+        texts.insert(index, text)
+    (tmp_path / "clean").mkdir()
+    clean_path = tmp_path / "clean" / "machine.csv"
+    bad_path = tmp_path / "machine.csv"
+    _write_rows(clean_path, rows, "csv")
+    bad_path.write_text("\n".join(["timestamp,value"] + texts) + "\n")
+    dead_letters = tmp_path / "dead.jsonl"
+
+    clean_scores, _ = _replay(machine_model, clean_path, tmp_path / "clean-out")
+    bad_scores, _ = _replay(machine_model, bad_path, tmp_path / "bad-out", dead_letters)
+
+    assert bad_scores == clean_scores
+    entries = [json.loads(line) for line in dead_letters.read_text().splitlines()]
+    assert [entry["offset"] for entry in entries] == [index + 2 for index in sorted(bad)]
+    assert [entry["reason"] for entry in entries] == [reason for _, reason in (bad[index] for index in sorted(bad))]
+    assert [base64.b64decode(entry["raw_base64"]).decode() for entry in entries] == [text for text, _ in (bad[i] for i in sorted(bad))]
+
+
 def test_cli_train_bad_cell_names_line(tmp_path, capsys):
     lines = ["timestamp,value"] + [f"2024-01-01T{i // 60:02d}:{i % 60:02d}:00,{i % 7}" for i in range(100)]
     lines[50] = "2024-01-01T00:49:00,abc"

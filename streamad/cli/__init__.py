@@ -70,7 +70,7 @@ def _add_replay(subparsers) -> None:
     parser.add_argument("--speed", type=float, default=None, help="replay this many times faster than real time (default: as fast as possible)")
     _add_scoring_options(parser)
     # Invalid lines.
-    parser.add_argument("--dead-letter", help="JSON lines file (truncated first) for invalid lines of JSON-lines data files, rows whose timestamp is not after every earlier row of their series, and records the engine rejects (e.g. value_out_of_range), in the format of streamad run's dead letters; without it they are only logged. Either way they are skipped")
+    parser.add_argument("--dead-letter", help="JSON lines file (truncated first) for invalid lines of JSON-lines files, CSV rows with an invalid value or timestamp, rows whose timestamp is not after every earlier row of their series, and records the engine rejects (e.g. value_out_of_range), in the format of streamad run's dead letters; without it they are only logged. Either way they are skipped. A CSV row with the wrong number of fields still stops the replay")
     parser.set_defaults(handler=commands.replay)
 
 

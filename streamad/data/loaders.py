@@ -292,10 +292,12 @@ def _load_csv(
     _check_numeric_columns(path, frame, selected, describe_row)
 
     values = np.empty((len(frame), len(selected)), dtype=np.float64)
-    # The first invalid value of each row with one, by row.
+    # The first invalid value or timestamp of each row with one, by row.
     invalid: dict[int, InvalidRecord] = {}
     for position, name in enumerate(selected):
         values[:, position] = _numeric_column(path, frame[name], name, describe_row, invalid)
+    if time_name is not None:
+        all_timestamps = _parse_timestamp_column(path, frame[time_name], time_name, describe_row, invalid)
     if invalid and on_invalid_line is None:
         raise invalid[min(invalid)]
     rows = np.array([row for row in range(len(frame)) if row not in invalid], dtype=np.int64)
@@ -309,7 +311,7 @@ def _load_csv(
         timestamps = np.arange(len(rows), dtype=np.int64)
         values = values[rows]
     else:
-        timestamps = _parse_timestamp_column(path, frame[time_name], time_name, describe_row)[rows]
+        timestamps = all_timestamps[rows]
         keep = _ordered_rows(path, timestamps, lambda index: describe_row(int(rows[index])), out_of_order)
         if on_out_of_order is not None and not keep.all():
             _report_csv_rows(path, timestamps, rows, len(frame), keep, on_out_of_order)
@@ -528,11 +530,24 @@ def _is_nan_text(cell: object) -> bool:
         return False
 
 
-def _parse_timestamp_column(path: Path, column: pd.Series, name: str, describe_row: _CsvRowNames) -> np.ndarray:
+def _parse_timestamp_column(
+    path: Path, column: pd.Series, name: str, describe_row: _CsvRowNames, invalid: dict[int, InvalidRecord]
+) -> np.ndarray:
+    """Return a timestamp column as epoch milliseconds; add the rows of its invalid cells to ``invalid``.
+
+    An empty cell is ``missing_field`` and a text that is no date-time ``bad_timestamp``, the
+    daemon's reasons. Their rows get the timestamp 0 in the result. A column of booleans
+    raises ValueError, because no row of it is usable.
+    """
     missing = column.isna().to_numpy()
     if missing.any():
-        row = int(np.flatnonzero(missing)[0])
-        raise ValueError(f"{path}: {describe_row(row)} has no value in the timestamp column {name!r}; fill it or drop the row")
+        missing_rows = [int(row) for row in np.flatnonzero(missing) if int(row) not in invalid]
+        describe_row.load(missing_rows)
+        for row in missing_rows:
+            invalid[row] = InvalidRecord(
+                "missing_field", f"{path}: {describe_row(row)} has no value in the timestamp column {name!r}; fill it or drop the row"
+            )
+        column = column.where(~missing, 0 if pd.api.types.is_numeric_dtype(column) else "1970-01-01T00:00:00")
 
     if pd.api.types.is_bool_dtype(column):
         raise ValueError(f"{path}: timestamp column {name!r} contains booleans; give ISO-8601 strings or epoch milliseconds")
@@ -551,12 +566,17 @@ def _parse_timestamp_column(path: Path, column: pd.Series, name: str, describe_r
         naive_utc = parsed.dt.tz_localize(None).to_numpy()
         return naive_utc.astype("datetime64[ms]").astype(np.int64)
 
-    timestamps = np.empty(len(column), dtype=np.int64)
+    timestamps = np.zeros(len(column), dtype=np.int64)
+    unparsable: dict[int, ValueError] = {}
     for row, value in enumerate(column.tolist()):
         try:
             timestamps[row] = parse_timestamp(value)
         except ValueError as error:
-            raise ValueError(f"{path}: {describe_row(row)}, column {name!r}: {error}") from None
+            unparsable[row] = error
+    describe_row.load([row for row in unparsable if row not in invalid])
+    for row, error in unparsable.items():
+        if row not in invalid:
+            invalid[row] = InvalidRecord("bad_timestamp", f"{path}: {describe_row(row)}, column {name!r}: {error}")
     return timestamps
 
 
