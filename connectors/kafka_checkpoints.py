@@ -286,9 +286,9 @@ class KafkaCheckpointStore:
     def _check_acknowledged_topic(self, metadata: Any, *, retried: bool, ids: str) -> None:
         """Raise a retriable error when the broker acknowledged a write to a topic that it no longer lists.
 
-        The offsets of a Kafka partition only grow unless its log is truncated, so an offset
-        not above the last acknowledged one means that the partition started again: the topic
-        was deleted, or lost with the memory storage of a restarted Tansu 0.6 broker. A write
+        The offsets of a Kafka partition only grow unless its log is truncated. So an offset
+        not above the last acknowledged one means that the partition started again, because
+        the topic was deleted or lost with the memory of a restarted Tansu 0.6 broker. A write
         that needed a retry may also have reached a restarted broker. In both cases the broker
         must list the topic. When it does not, the topic is created again and the error makes
         the caller send the checkpoint again.
