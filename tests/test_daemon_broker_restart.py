@@ -16,7 +16,7 @@ import time
 
 import pytest
 from conftest import require_tansu
-from daemon_support import start_streamad_run, wait_for
+from daemon_support import committed_offsets, kill_daemon, start_streamad_run, wait_for
 
 from streamad.records import Record
 
@@ -279,9 +279,7 @@ def test_daemon_survives_broker_restart(bundle_dir, machine_temperature, tmp_pat
             daemon.send_signal(signal.SIGTERM)
             assert daemon.wait(timeout=60) == 0, log_path.read_text()[-4000:]
         finally:
-            if daemon.poll() is None:
-                daemon.kill()
-                daemon.wait(timeout=10)
+            kill_daemon(daemon)
 
     log = log_path.read_text()
     assert log.count("Kafka source started") == 1
@@ -324,9 +322,7 @@ def test_daemon_stops_on_sigterm_during_outage(bundle_dir, machine_temperature, 
             daemon.send_signal(signal.SIGTERM)
             returncode = daemon.wait(timeout=60)
         finally:
-            if daemon.poll() is None:
-                daemon.kill()
-                daemon.wait(timeout=10)
+            kill_daemon(daemon)
 
     log = log_path.read_text()
     assert returncode == 0, log[-4000:]
@@ -403,7 +399,6 @@ def test_daemon_restarts_recreated_topic(bundle_dir, machine_temperature, tmp_pa
     # The checkpoint of the first run names an offset past the end of the topic created again.
     from connectors.kafka import create_topic, produce_records
     from connectors.tansu import TansuBroker
-    from daemon_support import committed_offsets
 
     from streamad.engine.checkpoint import CheckpointStore
 
@@ -426,9 +421,7 @@ def test_daemon_restarts_recreated_topic(bundle_dir, machine_temperature, tmp_pa
             daemon.send_signal(signal.SIGTERM)
             assert daemon.wait(timeout=60) == 0, log_path.read_text()[-4000:]
         finally:
-            if daemon.poll() is None:
-                daemon.kill()
-                daemon.wait(timeout=10)
+            kill_daemon(daemon)
         store = CheckpointStore(checkpoint_dir)
         assert store.read("metrics", 0).offset == first_rows.stop - first_rows.start - 1
 
@@ -446,9 +439,7 @@ def test_daemon_restarts_recreated_topic(bundle_dir, machine_temperature, tmp_pa
             daemon.send_signal(signal.SIGTERM)
             assert daemon.wait(timeout=60) == 0, (tmp_path / "daemon-second.log").read_text()[-4000:]
         finally:
-            if daemon.poll() is None:
-                daemon.kill()
-                daemon.wait(timeout=10)
+            kill_daemon(daemon)
         committed = committed_offsets(broker.bootstrap, "recreated", "metrics", 1)
 
     second_log = (tmp_path / "daemon-second.log").read_text()

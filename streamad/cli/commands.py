@@ -185,15 +185,20 @@ class InvalidLines:
         if (path, line_number) in self.entries:
             return
         text = line.rstrip("\r\n")
-        position = SimpleNamespace(topic=path, partition=0, offset=line_number, raw=text.encode("utf-8", "surrogateescape"))
         # A CSV row comes with the reason of its value. A JSON line is decoded again as a Kafka record.
         reason = error.reason if isinstance(error, InvalidRecord) else _invalid_line_reason(path, text)
-        entry = dead_letter_entry(position, reason, str(error))
+        entry = _file_dead_letter(path, line_number, text, reason, str(error))
         self.entries[(path, line_number)] = entry
         if len(self.entries) <= self.max_logged:
             logger.warning("skipping invalid line: file=%s line=%d reason=%s: %s", path, line_number, entry["reason"], error)
         elif len(self.entries) == self.max_logged + 1:
             logger.warning("more invalid lines are skipped without a log line each; the final summary counts them")
+
+
+def _file_dead_letter(path: str, line_number: int, text: str, reason: str, message: str) -> dict:
+    """Return the dead-letter entry of a data-file line: topic the path, partition 0, offset the line number."""
+    position = SimpleNamespace(topic=path, partition=0, offset=line_number, raw=text.encode("utf-8", "surrogateescape"))
+    return dead_letter_entry(position, reason, message)
 
 
 def _invalid_line_reason(path: str, text: str) -> str:
@@ -243,10 +248,7 @@ class OutOfOrderRows:
             f"{format_timestamp(row.timestamp, True)} is not after the latest earlier timestamp "
             f"{format_timestamp(row.latest_timestamp, True)}"
         )
-        position = SimpleNamespace(
-            topic=path, partition=0, offset=row.line_number, raw=row.line.encode("utf-8", "surrogateescape")
-        )
-        self.entries[(path, row.line_number)] = dead_letter_entry(position, reason, detail)
+        self.entries[(path, row.line_number)] = _file_dead_letter(path, row.line_number, row.line, reason, detail)
 
     def reason_counts(self) -> Counter:
         """Return the number of entries per reason."""
